@@ -1,0 +1,55 @@
+# Two commands matter: `make run` (the whole system on this machine) and `make test`.
+# Both create the virtual environment and install the pinned packages themselves.
+SHELL := /bin/bash
+PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /root/.pyenv/versions/3.12*/bin/python3.12 python3; do \
+	$$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 3000
+PRACTICE ?= prac_demo
+export AWS_DEFAULT_REGION ?= us-east-1
+export PYTHONPATH := $(CURDIR)/layers/billing:$(CURDIR)
+
+.PHONY: run test token lint typecheck validate unit integration e2e check-system clean
+
+$(STAMP): requirements-dev.txt layers/billing/requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@touch $(STAMP)
+
+check-system:
+	@$(PYTHON) local/check_system.py
+
+run: $(STAMP) check-system
+	PORT=$(PORT) $(BIN)/python -m local.stack
+
+token: $(STAMP)
+	@$(BIN)/python -m local.token --practice $(PRACTICE) $(if $(ROLE),--role $(ROLE)) $(if $(CLIENT),--client $(CLIENT))
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+validate: $(STAMP)
+	$(BIN)/cfn-lint template.yaml
+	$(BIN)/sam validate --lint --template template.yaml --region $(AWS_DEFAULT_REGION)
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q
+
+integration: $(STAMP)
+	$(BIN)/pytest tests/integration -q
+
+e2e: $(STAMP)
+	$(BIN)/pytest tests/e2e -q
+
+test: $(STAMP) check-system lint typecheck validate
+	$(BIN)/pytest -q -n 2 tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .aws-sam
