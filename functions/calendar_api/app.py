@@ -1,0 +1,87 @@
+"""Calendar API: the practice and its settings, clients, appointments, and a client's billing overview."""
+
+from datetime import date
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from billing import accounts, calendar, clients, practices
+from billing.accounts import BillingOverview
+from billing.calendar import Appointment, AppointmentChange, AppointmentRequest
+from billing.clients import Client, ClientDetails
+from billing.errors import NotFound
+from billing.practices import Practice, PracticeSettings
+from billing_lambda import wiring
+from billing_lambda.http import PathId, build_resolver, clinician
+from billing_lambda.observability import logger, metrics, tracer
+
+app = build_resolver()
+
+
+def _practice(practice_id: str) -> Practice:
+    practice = wiring.store().get_practice(practice_id)
+    if practice is None:
+        raise NotFound("practice", practice_id)
+    return practice
+
+
+@app.put("/practice", tags=["Practice"], summary="Create or update the practice and its billing settings")
+def put_practice(settings: PracticeSettings) -> Practice:
+    caller = clinician(app)
+    return practices.save_practice(
+        wiring.store(), wiring.nightly_schedules(), wiring.clock, caller.practice_id, settings
+    )
+
+
+@app.get("/practice", tags=["Practice"], summary="The practice and its billing settings")
+def get_practice() -> Practice:
+    return _practice(clinician(app).practice_id)
+
+
+@app.post("/clients", status_code=201, tags=["Clients"], summary="Register a client")
+def post_client(details: ClientDetails) -> Client:
+    caller = clinician(app)
+    _practice(caller.practice_id)
+    client = clients.add_client(wiring.store(), wiring.clock, caller.practice_id, details)
+    metrics.add_metric(name="ClientsCreated", unit="Count", value=1)
+    return client
+
+
+@app.get("/clients/<client_id>", tags=["Clients"], summary="A client")
+def get_client(client_id: PathId) -> Client:
+    return clients.require_client(wiring.store(), clinician(app).practice_id, client_id)
+
+
+@app.get("/clients/<client_id>/billing-overview", tags=["Clients"], summary="What the client owes and why")
+def get_billing_overview(client_id: PathId) -> BillingOverview:
+    caller = clinician(app)
+    return accounts.billing_overview(wiring.store(), wiring.clock.now(), caller.practice_id, client_id)
+
+
+@app.post("/appointments", status_code=201, tags=["Calendar"], summary="Put an appointment on the calendar")
+def post_appointment(request: AppointmentRequest) -> Appointment:
+    caller = clinician(app)
+    practice = _practice(caller.practice_id)
+    clients.require_client(wiring.store(), caller.practice_id, request.client_id)
+    return calendar.schedule_appointment(wiring.store(), wiring.clock, practice, request)
+
+
+@app.get("/appointments", tags=["Calendar"], summary="The appointments of one practice-local day")
+def list_appointments(day: Annotated[date, Query(alias="date")]) -> dict[str, list[Appointment]]:
+    caller = clinician(app)
+    return {"appointments": wiring.store().appointments_on(caller.practice_id, day)}
+
+
+@app.patch("/appointments/<appointment_id>", tags=["Calendar"], summary="Mark attendance or change the fee")
+def patch_appointment(appointment_id: PathId, change: AppointmentChange) -> Appointment:
+    caller = clinician(app)
+    return calendar.change_appointment(wiring.store(), wiring.clock, caller.practice_id, appointment_id, change)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

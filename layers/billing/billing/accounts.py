@@ -1,0 +1,98 @@
+"""A client's account: the running totals behind the balance, and the billing overview staff review.
+
+Balance = Σ live invoice totals - Σ succeeded payments + Σ refunds (negative means credit).
+"""
+
+from datetime import date, datetime
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from billing.calendar import Appointment
+from billing.clients import ClientStore, require_client
+
+
+class Account(BaseModel):
+    """Running totals kept on the client, changed only inside the transactions that move money."""
+
+    invoiced_cents: int = 0
+    paid_cents: int = 0
+    refunded_cents: int = 0
+    unallocated_credit_cents: int = 0
+    version: int = 0
+
+    @property
+    def balance_cents(self) -> int:
+        return self.invoiced_cents - self.paid_cents + self.refunded_cents
+
+
+class AutoPayState(BaseModel):
+    enabled: bool = False
+    card_id: str | None = None
+    consecutive_failures: int = 0
+    last_attempt: dict[str, Any] | None = None
+
+
+class UninvoicedAppointment(BaseModel):
+    appointment_id: str
+    date: date
+    service_code: str
+    status: str
+    fee_cents: int
+
+
+class BillingOverview(BaseModel):
+    """``GET /clients/{id}/billing-overview``: what staff review before enrolling a client in AutoPay."""
+
+    client_id: str
+    balance_cents: int
+    invoiced_cents: int
+    paid_cents: int
+    refunded_cents: int
+    unpaid_invoices_cents: int
+    unallocated_credit_cents: int
+    uninvoiced_cents: int
+    unpaid_invoices: list[dict[str, Any]]
+    uninvoiced_appointments: list[UninvoicedAppointment]
+    cards: list[dict[str, Any]]
+    autopay: AutoPayState
+    as_of: datetime
+
+
+class AccountStore(ClientStore, Protocol):
+    def get_account(self, practice_id: str, client_id: str) -> Account: ...
+
+    def uninvoiced_appointments(
+        self, practice_id: str, *, before: date | None = None, client_id: str | None = None
+    ) -> list[Appointment]: ...
+
+
+def billing_overview(store: AccountStore, now: datetime, practice_id: str, client_id: str) -> BillingOverview:
+    """The client's money position now. Uninvoiced lists only billable appointments not yet on an invoice."""
+    require_client(store, practice_id, client_id)
+    account = store.get_account(practice_id, client_id)
+    uninvoiced = [a for a in store.uninvoiced_appointments(practice_id, client_id=client_id) if a.billable]
+    return BillingOverview(
+        client_id=client_id,
+        balance_cents=account.balance_cents,
+        invoiced_cents=account.invoiced_cents,
+        paid_cents=account.paid_cents,
+        refunded_cents=account.refunded_cents,
+        unpaid_invoices_cents=account.balance_cents + account.unallocated_credit_cents,
+        unallocated_credit_cents=account.unallocated_credit_cents,
+        uninvoiced_cents=sum(a.fee_cents for a in uninvoiced),
+        unpaid_invoices=[],
+        uninvoiced_appointments=[
+            UninvoicedAppointment(
+                appointment_id=a.appointment_id,
+                date=a.local_date,
+                service_code=a.service_code,
+                status=a.status,
+                fee_cents=a.fee_cents,
+            )
+            for a in uninvoiced
+        ],
+        cards=[],
+        autopay=AutoPayState(),
+        as_of=now,
+    )

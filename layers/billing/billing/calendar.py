@@ -1,0 +1,145 @@
+"""The calendar: appointments (dates of service), their statuses, and which of them are billable."""
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Annotated, Protocol
+
+from pydantic import Field, StringConstraints, model_validator
+
+from billing.errors import Conflict, NotFound
+from billing.ids import new_id
+from billing.localtime import Clock, UtcInstant, local_date
+from billing.money import Cents
+from billing.practices import Practice
+from billing.schema import LongText, ObjectId, Record, RequestModel
+
+
+class AppointmentStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    SHOW = "show"
+    NO_SHOW = "no_show"
+    LATE_CANCEL = "late_cancel"
+    CANCELLED = "cancelled"
+    CLINICIAN_CANCELLED = "clinician_cancelled"
+
+
+# CPT / HCPCS style service codes, e.g. 90837, 90791, H0031.
+ServiceCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{4,10}$", to_upper=True)]
+
+
+def is_billable(status: AppointmentStatus, fee_cents: int) -> bool:
+    """Shows are billable; no-shows and late cancels only when they carry a fee; nothing else is."""
+    if status is AppointmentStatus.SHOW:
+        return True
+    if status in (AppointmentStatus.NO_SHOW, AppointmentStatus.LATE_CANCEL):
+        return fee_cents > 0
+    return False
+
+
+class AppointmentRequest(RequestModel):
+    """Body of ``POST /appointments``."""
+
+    client_id: ObjectId
+    starts_at: UtcInstant
+    duration_minutes: Annotated[int, Field(strict=True, gt=0, le=24 * 60)]
+    service_code: ServiceCode
+    service_description: LongText | None = None
+    fee_cents: Cents
+    status: AppointmentStatus = AppointmentStatus.SCHEDULED
+
+
+class AppointmentChange(RequestModel):
+    """Body of ``PATCH /appointments/{id}``: mark attendance or change the fee."""
+
+    status: AppointmentStatus | None = None
+    fee_cents: Cents | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> "AppointmentChange":
+        if self.status is None and self.fee_cents is None:
+            raise ValueError("give status and/or fee_cents")
+        return self
+
+
+class Appointment(Record):
+    appointment_id: str
+    client_id: str
+    starts_at: UtcInstant
+    local_date: date
+    duration_minutes: int
+    service_code: str
+    service_description: str | None = None
+    fee_cents: int
+    status: AppointmentStatus
+    invoice_id: str | None = None
+    billable: bool
+    created_at: datetime
+    updated_at: datetime
+    version: int = 1
+
+
+class AppointmentStore(Protocol):
+    def add_appointment(self, practice_id: str, appointment: Appointment) -> None: ...
+
+    def get_appointment(self, practice_id: str, appointment_id: str) -> Appointment | None: ...
+
+    def replace_appointment(self, practice_id: str, appointment: Appointment, expected_version: int) -> None: ...
+
+    def appointments_on(self, practice_id: str, day: date) -> list[Appointment]: ...
+
+
+def schedule_appointment(
+    store: AppointmentStore, clock: Clock, practice: Practice, request: AppointmentRequest
+) -> Appointment:
+    """Put an appointment on the calendar; its local date is taken in the practice's zone."""
+    now = clock.now()
+    appointment = Appointment(
+        **request.model_dump(),
+        appointment_id=new_id("apt"),
+        local_date=local_date(request.starts_at, practice.timezone),
+        billable=is_billable(request.status, request.fee_cents),
+        created_at=now,
+        updated_at=now,
+    )
+    store.add_appointment(practice.practice_id, appointment)
+    return appointment
+
+
+def require_appointment(store: AppointmentStore, practice_id: str, appointment_id: str) -> Appointment:
+    appointment = store.get_appointment(practice_id, appointment_id)
+    if appointment is None:
+        raise NotFound("appointment", appointment_id)
+    return appointment
+
+
+def change_appointment(
+    store: AppointmentStore, clock: Clock, practice_id: str, appointment_id: str, change: AppointmentChange
+) -> Appointment:
+    """Apply a status/fee change. An invoiced appointment keeps its fee and stays billable (void first)."""
+    current = require_appointment(store, practice_id, appointment_id)
+    status = change.status or current.status
+    fee_cents = current.fee_cents if change.fee_cents is None else change.fee_cents
+    billable = is_billable(status, fee_cents)
+    if current.invoice_id is not None:
+        if fee_cents != current.fee_cents:
+            raise Conflict(
+                f"appointment {appointment_id} is on invoice {current.invoice_id}; void it to change the fee",
+                code="appointment_invoiced",
+            )
+        if not billable:
+            raise Conflict(
+                f"appointment {appointment_id} is on invoice {current.invoice_id}; void it before making "
+                "the appointment non-billable",
+                code="appointment_invoiced",
+            )
+    updated = current.model_copy(
+        update={
+            "status": status,
+            "fee_cents": fee_cents,
+            "billable": billable,
+            "updated_at": clock.now(),
+            "version": current.version + 1,
+        }
+    )
+    store.replace_appointment(practice_id, updated, expected_version=current.version)
+    return updated

@@ -1,0 +1,25 @@
+"""Money is an integer number of minor units (cents) of the practice's one currency. Never a float."""
+
+from typing import Annotated
+
+from pydantic import Field
+
+# Strict: JSON 12.5 or "1250" is rejected rather than silently coerced into cents.
+MAX_CENTS = 100_000_000  # one million in major units; anything larger is a typo, not a session fee
+Cents = Annotated[int, Field(strict=True, ge=0, le=MAX_CENTS)]
+PositiveCents = Annotated[int, Field(strict=True, gt=0, le=MAX_CENTS)]
+
+# Currencies without minor units print without decimals (ISO 4217 exponent 0).
+_ZERO_DECIMAL = frozenset(
+    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
+)
+
+
+def format_amount(cents: int, currency: str) -> str:
+    """Render cents for people, e.g. ``format_amount(-1250, "usd") == "-12.50 USD"``."""
+    code = currency.upper()
+    if currency.lower() in _ZERO_DECIMAL:
+        return f"{cents} {code}"
+    sign = "-" if cents < 0 else ""
+    major, minor = divmod(abs(cents), 100)
+    return f"{sign}{major:,}.{minor:02d} {code}"

@@ -1,0 +1,1 @@
+"""AWS adapters of the billing domain: the DynamoDB single table and the EventBridge schedules."""

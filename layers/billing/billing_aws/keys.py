@@ -1,0 +1,52 @@
+"""The one place that builds DynamoDB keys. See ACCESS_PATTERNS.md beside this file."""
+
+from datetime import date
+
+PRACTICE_SK = "PRACTICE"
+
+
+def practice_pk(practice_id: str) -> str:
+    return f"PRACTICE#{practice_id}"
+
+
+def client_sk(client_id: str) -> str:
+    return f"CLIENT#{client_id}"
+
+
+def appointment_sk(appointment_id: str) -> str:
+    return f"APPOINTMENT#{appointment_id}"
+
+
+def invoice_sk(invoice_id: str) -> str:
+    return f"INVOICE#{invoice_id}"
+
+
+def payment_sk(payment_id: str) -> str:
+    return f"PAYMENT#{payment_id}"
+
+
+def key(practice_id: str, sort_key: str) -> dict[str, str]:
+    return {"PK": practice_pk(practice_id), "SK": sort_key}
+
+
+# GSI1: practices by time zone, and a practice's appointments by local date.
+def zone_gsi1pk(timezone: str) -> str:
+    return f"ZONE#{timezone}"
+
+
+def calendar_gsi1pk(practice_id: str, day: date) -> str:
+    return f"PRACTICE#{practice_id}#DATE#{day.isoformat()}"
+
+
+# GSI2: a client's timeline (invoices, payments) in order.
+def client_gsi2pk(practice_id: str, client_id: str) -> str:
+    return f"PRACTICE#{practice_id}#CLIENT#{client_id}"
+
+
+# GSI3 (sparse): a practice's appointments that are not on an invoice, by local date.
+def uninvoiced_gsi3pk(practice_id: str) -> str:
+    return f"PRACTICE#{practice_id}#UNINVOICED"
+
+
+def uninvoiced_gsi3sk(day: date, appointment_id: str) -> str:
+    return f"{day.isoformat()}#{appointment_id}"

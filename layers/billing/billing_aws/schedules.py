@@ -1,0 +1,56 @@
+"""EventBridge Scheduler: one schedule per (nightly job, IANA zone), created the first time a zone is used."""
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from billing.localtime import Clock
+from billing.nightly import NightlyJob, nightly_run_time
+
+SCHEDULED_TIME_PLACEHOLDER = "<aws.scheduler.scheduled-time>"
+
+
+def schedule_name(job: NightlyJob, timezone: str) -> str:
+    """A valid, unique schedule name for the job in the zone (``daily_invoices--America.New_York``)."""
+    return f"{job.value}--{timezone.replace('/', '.').replace('+', '_plus_')}"
+
+
+def schedule_input(job: NightlyJob, timezone: str) -> dict[str, str]:
+    """What the entry function receives; the Scheduler fills in the instant it fired for."""
+    return {"schedule": job.value, "timezone": timezone, "scheduled_time": SCHEDULED_TIME_PLACEHOLDER}
+
+
+class NightlySchedules:
+    """Creates the per-zone schedules idempotently (an existing schedule is left as it is)."""
+
+    def __init__(self, client: Any, clock: Clock, group_name: str, role_arn: str, targets: Mapping[NightlyJob, str]):
+        self._scheduler = client
+        self._clock = clock
+        self._group = group_name
+        self._role_arn = role_arn
+        self._targets = targets
+
+    def ensure_timezone(self, timezone: str) -> None:
+        for job, target_arn in self._targets.items():
+            run_at = nightly_run_time(timezone, job, self._clock.now())
+            try:
+                self._scheduler.create_schedule(
+                    Name=schedule_name(job, timezone),
+                    GroupName=self._group,
+                    ScheduleExpression=f"cron({run_at.minute} {run_at.hour} * * ? *)",
+                    ScheduleExpressionTimezone=timezone,
+                    FlexibleTimeWindow={"Mode": "OFF"},
+                    State="ENABLED",
+                    Description=f"{job.value} for practices in {timezone}",
+                    Target={
+                        "Arn": target_arn,
+                        "RoleArn": self._role_arn,
+                        "Input": json.dumps(schedule_input(job, timezone)),
+                        "RetryPolicy": {"MaximumEventAgeInSeconds": 3600, "MaximumRetryAttempts": 10},
+                    },
+                )
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "ConflictException":
+                    raise

@@ -1,0 +1,126 @@
+"""The HTTP edge: one resolver factory, one error shape, and the tenant taken from the verified token only.
+
+Errors always read ``{"error": {"code", "message", "details"}}``; domain errors map to statuses here.
+"""
+
+import re
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError, ServiceError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
+from aws_lambda_powertools.event_handler.openapi.params import Path
+from pydantic import BaseModel
+
+from billing.errors import BillingError, Conflict, Forbidden, InvalidRequest, NotFound, PaymentDeclined
+from billing_lambda.observability import logger
+
+_STATUS_OF: list[tuple[type[BillingError], HTTPStatus]] = [
+    (NotFound, HTTPStatus.NOT_FOUND),
+    (Conflict, HTTPStatus.CONFLICT),
+    (Forbidden, HTTPStatus.FORBIDDEN),
+    (PaymentDeclined, HTTPStatus.PAYMENT_REQUIRED),
+    (InvalidRequest, HTTPStatus.BAD_REQUEST),
+]
+_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
+
+# A path id: anything longer or odder than our ids cannot exist, so it is refused before it reaches a key.
+PathId = Annotated[str, Path(min_length=1, max_length=64, pattern=_ID_PATTERN)]
+
+
+def error_response(status: HTTPStatus, code: str, message: str, details: list[Any] | None = None) -> Response:
+    body: dict[str, Any] = {"error": {"code": code, "message": message, "details": details or []}}
+    return Response(status_code=status.value, content_type=content_types.APPLICATION_JSON, body=body)
+
+
+def _describe(error: dict[str, Any]) -> dict[str, Any]:
+    """One validation problem for the caller: where, what kind, and pydantic's message (never the input)."""
+    location = [str(part) for part in error.get("loc", ())] or ["body"]
+    return {
+        "in": location[0],
+        "field": ".".join(location[1:]) or location[0],
+        "type": error.get("type"),
+        "message": error.get("msg", "invalid value"),
+    }
+
+
+def build_resolver() -> APIGatewayHttpResolver:
+    """An HTTP API resolver with request validation and the project's error mapping installed."""
+    app = APIGatewayHttpResolver(enable_validation=True)
+
+    @app.exception_handler(BillingError)
+    def _billing_error(error: BillingError) -> Response:
+        status = next((status for kind, status in _STATUS_OF if isinstance(error, kind)), HTTPStatus.BAD_REQUEST)
+        logger.info("request refused", extra={"error_code": error.code, "status": status.value})
+        response = error_response(status, error.code, error.message, error.details)
+        if isinstance(error, PaymentDeclined):
+            response.body["error"]["decline_code"] = error.decline_code  # type: ignore[index]
+            response.body["decline_code"] = error.decline_code  # type: ignore[index]
+            if error.payment is not None:
+                response.body["payment"] = error.payment  # type: ignore[index]
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(error: RequestValidationError) -> Response:
+        details = [_describe(e) for e in error.errors()]
+        logger.info("request invalid", extra={"fields": [d["field"] for d in details]})
+        return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "validation_error", "the request is invalid", details)
+
+    @app.exception_handler(RequestUnsupportedContentType)
+    def _unsupported(_: RequestUnsupportedContentType) -> Response:
+        return error_response(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send the body as application/json"
+        )
+
+    @app.not_found
+    def _no_route(_: NotFoundError) -> Response:
+        return error_response(HTTPStatus.NOT_FOUND, "route_not_found", "no such route")
+
+    @app.exception_handler(ServiceError)
+    def _service_error(error: ServiceError) -> Response:
+        return error_response(HTTPStatus(error.status_code), "request_error", str(error.msg))
+
+    @app.exception_handler(Exception)
+    def _bug(_: Exception) -> Response:
+        # A 500 is always a bug; the traceback goes to the log (ids only, no request body).
+        logger.exception("unhandled error")
+        return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", "something went wrong on our side")
+
+    return app
+
+
+class Tenant(BaseModel):
+    """Who is calling, from the verified JWT claims (API Gateway's authorizer) and nothing else."""
+
+    practice_id: str
+    role: str
+    client_id: str | None = None
+
+
+def tenant(app: APIGatewayHttpResolver) -> Tenant:
+    claims = app.current_event.request_context.authorizer.jwt_claim
+    practice_id = str(claims.get("custom:practice_id") or "")
+    if not re.fullmatch(_ID_PATTERN, practice_id) or len(practice_id) > 64:
+        raise Forbidden("the token names no practice", code="no_practice")
+    client_id = claims.get("custom:client_id")
+    return Tenant(practice_id=practice_id, role=str(claims.get("custom:role") or ""), client_id=client_id)
+
+
+def clinician(app: APIGatewayHttpResolver) -> Tenant:
+    """The calling clinician's tenant; any other role is refused (403)."""
+    caller = tenant(app)
+    if caller.role != "clinician":
+        raise Forbidden("this route is for practice staff", code="wrong_role")
+    return caller
+
+
+def portal_client(app: APIGatewayHttpResolver) -> Tenant:
+    """The calling client's tenant (``custom:client_id``); any other role is refused (403)."""
+    caller = tenant(app)
+    if caller.role != "client" or not caller.client_id:
+        raise Forbidden("this route is for clients", code="wrong_role")
+    return caller

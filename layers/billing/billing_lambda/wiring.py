@@ -1,0 +1,29 @@
+"""Builds the domain's collaborators (store, schedules, clock) from the function's settings."""
+
+from functools import cache
+
+from billing.localtime import SystemClock
+from billing.nightly import NightlyJob
+from billing_aws.schedules import NightlySchedules
+from billing_aws.store import BillingStore
+from billing_lambda.aws_clients import client
+from billing_lambda.config import CalendarSettings, FunctionSettings, load_settings
+
+clock = SystemClock()
+
+
+@cache
+def store() -> BillingStore:
+    return BillingStore(client("dynamodb"), load_settings(FunctionSettings).table_name)
+
+
+@cache
+def nightly_schedules() -> NightlySchedules:
+    settings = load_settings(CalendarSettings)
+    return NightlySchedules(
+        client("scheduler"),
+        clock,
+        group_name=settings.schedule_group_name,
+        role_arn=settings.scheduler_role_arn,
+        targets={NightlyJob.DAILY_INVOICES: settings.daily_invoices_function_arn},
+    )
