@@ -27,20 +27,20 @@ LATEST_LOCAL_TIME = time(6, 0)
 def _transitions(zone: ZoneInfo, start: datetime, years: int) -> list[datetime]:
     """UTC instants (to the minute) at which the zone's offset changes, found by daily probes and bisection."""
     found = []
-    day = start
+    day = start.replace(second=0, microsecond=0)
     offset = day.astimezone(zone).utcoffset()
     for _ in range(years * 366):
         following = day + timedelta(days=1)
         next_offset = following.astimezone(zone).utcoffset()
         if next_offset != offset:
-            low, high = day, following
-            while high - low > timedelta(minutes=1):
-                middle = low + (high - low) / 2
-                if middle.astimezone(zone).utcoffset() == offset:
+            low, high = 0, 24 * 60  # minutes after `day`: offset unchanged at low, changed at high
+            while high - low > 1:
+                middle = (low + high) // 2
+                if (day + timedelta(minutes=middle)).astimezone(zone).utcoffset() == offset:
                     low = middle
                 else:
                     high = middle
-            found.append(high)
+            found.append(day + timedelta(minutes=high))
             offset = next_offset
         day = following
     return found
@@ -53,7 +53,7 @@ def _touched_local_minutes(zone: ZoneInfo, transition: datetime) -> set[time]:
     start, end = min(before, after), max(before, after)
     touched = set()
     while start < end:
-        touched.add(start.time())
+        touched.add(start.time().replace(fold=0))
         start += timedelta(minutes=1)
     return touched
 
