@@ -12,7 +12,7 @@ import os
 import secrets
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +59,8 @@ class LocalAws:
             if service not in self._clients:
                 # A private session: boto3's default session is not safe to use from many threads.
                 session = boto3.session.Session(region_name=self.region)
-                self._clients[service] = session.client(service, endpoint_url=self.endpoint)
+                make_client: Callable[..., Any] = session.client  # any service name, not a literal
+                self._clients[service] = make_client(service, endpoint_url=self.endpoint)
             return self._clients[service]
 
     def stop(self) -> None:
@@ -174,11 +175,7 @@ def _create_queues(aws: LocalAws, template: Template, resolver: Resolver) -> dic
     urls: dict[str, str] = {}
     for queue in template.queues:  # dead-letter queues come first
         properties = resolver.resolve(dict(queue.properties))
-        attributes = {
-            name: _attribute_text(properties[name])
-            for name in _QUEUE_ATTRIBUTES
-            if name in properties
-        }
+        attributes = {name: _attribute_text(properties[name]) for name in _QUEUE_ATTRIBUTES if name in properties}
         if queue.fifo:
             attributes["FifoQueue"] = "true"
         if queue.dlq_id:

@@ -134,9 +134,7 @@ def parse_fire_request(body: bytes | str) -> FireRequest:
         raise FireRequestError([{"field": "body", "message": "not valid JSON"}]) from None
     if not isinstance(payload, dict):
         raise FireRequestError([{"field": "body", "message": "must be a JSON object"}])
-    details = [
-        {"field": name, "message": "unknown field"} for name in payload if name not in FIRE_FIELDS
-    ]
+    details = [{"field": name, "message": "unknown field"} for name in payload if name not in FIRE_FIELDS]
     schedule = payload.get("schedule")
     if not isinstance(schedule, str) or not schedule:
         details.append({"field": "schedule", "message": "required, a schedule kind"})
@@ -187,9 +185,7 @@ def list_schedules(scheduler: Any, group_names: Iterable[str]) -> list[dict[str,
     for group in group_names:
         token: str | None = None
         while True:
-            page = scheduler.list_schedules(
-                GroupName=group, **({"NextToken": token} if token else {})
-            )
+            page = scheduler.list_schedules(GroupName=group, **({"NextToken": token} if token else {}))
             for summary in page.get("Schedules", []):
                 # moto filters groups by substring, so check the group really matches.
                 if summary.get("GroupName", group) != group:
@@ -212,9 +208,7 @@ def schedule_input(schedule: Mapping[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def find_schedule(
-    scheduler: Any, group_names: Iterable[str], kind: str, zone: str
-) -> dict[str, Any] | None:
+def find_schedule(scheduler: Any, group_names: Iterable[str], kind: str, zone: str) -> dict[str, Any] | None:
     """The schedule whose Input has ``"schedule": kind`` and ``"timezone": zone``, if any."""
     for schedule in list_schedules(scheduler, group_names):
         target_input = schedule_input(schedule)
@@ -259,8 +253,7 @@ def sqs_event(messages: list[dict[str, Any]], source: QueueSource, region: str) 
             "body": message.get("Body", ""),
             "attributes": attributes,
             "messageAttributes": {
-                name: _message_attribute(value)
-                for name, value in (message.get("MessageAttributes") or {}).items()
+                name: _message_attribute(value) for name, value in (message.get("MessageAttributes") or {}).items()
             },
             "md5OfBody": message.get("MD5OfBody", ""),
             "eventSource": "aws:sqs",
@@ -337,7 +330,7 @@ def deliver_batch(
     event = sqs_event(messages, source, region)
     try:
         result = invoke(source.function_id, event)
-    except Exception:  # noqa: BLE001 - a raising worker fails its whole batch, as in Lambda
+    except Exception:  # a raising worker fails its whole batch, as in Lambda
         print(f"local scheduler: {source.function_id} raised:", file=sys.stderr)
         traceback.print_exc()
         failed = {record["messageId"] for record in event["Records"]}
@@ -411,9 +404,7 @@ def run_schedule(
     }
 
 
-def fire(
-    request: FireRequest, targets: LocalTargets, invoke: Invoke, scheduler: Any, sqs: Any
-) -> dict[str, Any]:
+def fire(request: FireRequest, targets: LocalTargets, invoke: Invoke, scheduler: Any, sqs: Any) -> dict[str, Any]:
     """Serve a fire request: find the schedule by kind and zone, run it, drain the queues."""
     schedule = find_schedule(scheduler, targets.group_names, request.schedule, request.timezone)
     if schedule is None:
@@ -512,7 +503,7 @@ class LocalScheduler(threading.Thread):
         fired: list[str] = []
         try:
             schedules = list_schedules(self.scheduler, self.targets.group_names)
-        except Exception as error:  # noqa: BLE001 - the thread must outlive a moto hiccup
+        except Exception as error:  # the thread must outlive a moto hiccup
             print(f"local scheduler: cannot list schedules: {error}", file=sys.stderr)
             return fired
         for schedule in schedules:
@@ -538,7 +529,7 @@ class LocalScheduler(threading.Thread):
                 continue
             try:
                 result = run_schedule(schedule, minute, self.targets, self.invoke, self.sqs)
-            except Exception:  # noqa: BLE001 - one broken schedule must not stop the others
+            except Exception:  # one broken schedule must not stop the others
                 print(f"local scheduler: {name} failed:", file=sys.stderr)
                 traceback.print_exc()
                 continue

@@ -162,7 +162,11 @@ class FunctionHost:
 
     def _forget_siblings(self) -> None:
         """Drop handlers' sibling modules so each load imports its own ``models.py`` afresh."""
-        code_dirs = tuple(str(spec.code_dir) + os.sep for spec in self.template.functions.values())
+        code_dirs = tuple(
+            str(spec.code_dir) + os.sep
+            for spec in self.template.functions.values()
+            if spec.code_dir != self.template.root  # CodeUri "." would take everything with it
+        )
         for module_name, module in list(sys.modules.items()):
             module_file = getattr(module, "__file__", None) or ""
             if not module_name.startswith("_local_lambda_") and module_file.startswith(code_dirs):
@@ -217,7 +221,7 @@ class FunctionHost:
         for function_id in function_ids or self.template.functions:
             try:
                 self.release(function_id, self.acquire(function_id))
-            except Exception as error:  # noqa: BLE001 - reported, the others still load
+            except Exception as error:  # reported, the others still load
                 errors[function_id] = f"{type(error).__name__}: {error}"
         return errors
 
@@ -266,10 +270,7 @@ class RouteTable:
         for compiled in self._routes:
             found = compiled.pattern.match(path)
             if found:
-                values = {
-                    name: unquote(value)
-                    for name, value in zip(compiled.parameters, found.groups(), strict=True)
-                }
+                values = {name: unquote(value) for name, value in zip(compiled.parameters, found.groups(), strict=True)}
                 candidates.append((compiled, values))
         usable = [c for c in candidates if c[0].route.method in (method, "ANY")]
         if not usable:
@@ -386,9 +387,7 @@ def http_event(
         "requestId": uuid.uuid4().hex,
         "routeKey": route_key,
         "stage": "$default",
-        "time": (
-            f"{received:%d}/{_MONTHS[received.month - 1]}/{received:%Y:%H:%M:%S} +0000"
-        ),
+        "time": (f"{received:%d}/{_MONTHS[received.month - 1]}/{received:%Y:%H:%M:%S} +0000"),
         "timeEpoch": epoch_ms,
     }
     if claims is not None:
@@ -432,9 +431,7 @@ class OutgoingResponse:
     body: bytes
 
 
-def json_response(
-    status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()
-) -> OutgoingResponse:
+def json_response(status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()) -> OutgoingResponse:
     """A JSON response (values JSON cannot express are written as strings)."""
     body = json.dumps(payload, default=str).encode("utf-8")
     return OutgoingResponse(status, [("Content-Type", JSON_TYPE), *headers], body)
@@ -486,9 +483,7 @@ def _module_openapi(module: ModuleType) -> dict[str, Any] | None:
     return None
 
 
-def merge_openapi(
-    documents: Iterable[Mapping[str, Any]], public_routes: Iterable[HttpRoute] = ()
-) -> dict[str, Any]:
+def merge_openapi(documents: Iterable[Mapping[str, Any]], public_routes: Iterable[HttpRoute] = ()) -> dict[str, Any]:
     """One OpenAPI 3 document from the functions' documents, secured by a bearer JWT.
 
     ``public_routes`` (no authorizer in the template) get ``security: []``.
@@ -597,14 +592,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if not self.server.app.quiet:
             elapsed = (time.monotonic() - started) * 1000
             print(
-                f"local api: {request.method} {request.raw_path} -> {response.status}"
-                f" ({elapsed:.0f} ms)",
+                f"local api: {request.method} {request.raw_path} -> {response.status} ({elapsed:.0f} ms)",
                 file=sys.stderr,
             )
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base class name
+    def log_message(self, format: str, *args: Any) -> None:
         """Silence the default access log; `_handle` writes a shorter one."""
 
 
@@ -633,6 +627,7 @@ class LocalServer:
         self.local_endpoints = local_endpoints
         self.quiet = quiet
         # Bound now so the URL is known (e.g. for Stripe webhooks) before anything is imported.
+        self.host = host
         self._http = _HttpServer((host, port), _RequestHandler)
         self._http.app = self
         self._thread: threading.Thread | None = None
@@ -645,14 +640,12 @@ class LocalServer:
     @property
     def url(self) -> str:
         """``http://127.0.0.1:<port>``."""
-        return f"http://{self._http.server_address[0]}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, environment: Mapping[str, str] | None = None) -> str:
         """Apply the functions' environment (then ``environment``) and serve in a thread."""
         self.functions.apply_environment(environment)
-        self._thread = threading.Thread(
-            target=self._http.serve_forever, name="local-api", daemon=True
-        )
+        self._thread = threading.Thread(target=self._http.serve_forever, name="local-api", daemon=True)
         self._thread.start()
         return self.url
 
@@ -677,7 +670,7 @@ class LocalServer:
             if builtin is not None:
                 return builtin
             return self._route(request)
-        except Exception:  # noqa: BLE001 - a 500 with a traceback, never a dropped connection
+        except Exception:  # a 500 with a traceback, never a dropped connection
             print(f"local api: {request.method} {request.raw_path} failed:", file=sys.stderr)
             traceback.print_exc()
             return json_response(500, error_body("internal_error", "Internal server error"))
@@ -729,7 +722,7 @@ class LocalServer:
         event = http_event(request, route, parameters, claims)
         try:
             result = self.functions.invoke(route.function_id, event)
-        except Exception:  # noqa: BLE001 - a raising handler is a bug: say so loudly, answer 500
+        except Exception:  # a raising handler is a bug: say so loudly, answer 500
             print(f"local api: {route.function_id} raised on {route.route_key}:", file=sys.stderr)
             traceback.print_exc()
             message = f"{route.function_id} raised; see the server's stderr"
@@ -752,7 +745,7 @@ class LocalServer:
         for function_id in dict.fromkeys(route.function_id for route in self.template.routes):
             try:
                 module = self.functions.acquire(function_id)
-            except Exception as error:  # noqa: BLE001 - the rest of the document still helps
+            except Exception as error:  # the rest of the document still helps
                 unavailable.append(f"{function_id}: {type(error).__name__}: {error}")
                 continue
             try:
@@ -802,7 +795,7 @@ class LocalServer:
             return json_response(404, error_body("schedule_not_found", str(error)))
         except local_scheduler.TargetNotFound as error:
             return json_response(500, error_body("schedule_target_not_found", str(error)))
-        except Exception:  # noqa: BLE001 - the entry raised: a bug, reported like a handler's
+        except Exception:  # the entry raised: a bug, reported like a handler's
             print(f"local scheduler: firing {request.schedule} failed:", file=sys.stderr)
             traceback.print_exc()
             message = f"the {request.schedule} entry raised; see the server's stderr"

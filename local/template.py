@@ -53,7 +53,7 @@ def _construct_short_tag(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.No
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
     else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+        value = loader.construct_mapping(node, deep=True)
     if tag_suffix == "Ref":
         return {"Ref": value}
     if tag_suffix == "Condition":
@@ -70,7 +70,7 @@ _CloudFormationLoader.add_multi_constructor("!", _construct_short_tag)
 
 def parse_template_text(text: str) -> dict[str, Any]:
     """Parse template YAML (or JSON) text into plain data with intrinsics in their long forms."""
-    document = yaml.load(text, Loader=_CloudFormationLoader)  # noqa: S506 - SafeLoader subclass
+    document = yaml.load(text, Loader=_CloudFormationLoader)  # a SafeLoader subclass
     if not isinstance(document, dict):
         raise TemplateError("template is not a mapping")
     return document
@@ -311,9 +311,7 @@ class Template:
                     TableSpec(
                         logical_id=logical_id,
                         key_schema=[{"AttributeName": primary["Name"], "KeyType": "HASH"}],
-                        attribute_definitions=[
-                            {"AttributeName": primary["Name"], "AttributeType": kind}
-                        ],
+                        attribute_definitions=[{"AttributeName": primary["Name"], "AttributeType": kind}],
                     )
                 )
                 continue

@@ -11,20 +11,12 @@ from billing import accounts, calendar, clients, practices
 from billing.accounts import BillingOverview
 from billing.calendar import Appointment, AppointmentChange, AppointmentRequest
 from billing.clients import Client, ClientDetails
-from billing.errors import NotFound
 from billing.practices import Practice, PracticeSettings
 from billing_lambda import wiring
 from billing_lambda.http import PathId, build_resolver, clinician
 from billing_lambda.observability import logger, metrics, tracer
 
 app = build_resolver()
-
-
-def _practice(practice_id: str) -> Practice:
-    practice = wiring.store().get_practice(practice_id)
-    if practice is None:
-        raise NotFound("practice", practice_id)
-    return practice
 
 
 @app.put("/practice", tags=["Practice"], summary="Create or update the practice and its billing settings")
@@ -37,13 +29,13 @@ def put_practice(settings: PracticeSettings) -> Practice:
 
 @app.get("/practice", tags=["Practice"], summary="The practice and its billing settings")
 def get_practice() -> Practice:
-    return _practice(clinician(app).practice_id)
+    return wiring.practice(clinician(app).practice_id)
 
 
 @app.post("/clients", status_code=201, tags=["Clients"], summary="Register a client")
 def post_client(details: ClientDetails) -> Client:
     caller = clinician(app)
-    _practice(caller.practice_id)
+    wiring.practice(caller.practice_id)
     client = clients.add_client(wiring.store(), wiring.clock, caller.practice_id, details)
     metrics.add_metric(name="ClientsCreated", unit="Count", value=1)
     return client
@@ -56,14 +48,14 @@ def get_client(client_id: PathId) -> Client:
 
 @app.get("/clients/<client_id>/billing-overview", tags=["Clients"], summary="What the client owes and why")
 def get_billing_overview(client_id: PathId) -> BillingOverview:
-    caller = clinician(app)
-    return accounts.billing_overview(wiring.store(), wiring.clock.now(), caller.practice_id, client_id)
+    practice = wiring.practice(clinician(app).practice_id)
+    return accounts.billing_overview(wiring.store(), wiring.clock.now(), practice, client_id)
 
 
 @app.post("/appointments", status_code=201, tags=["Calendar"], summary="Put an appointment on the calendar")
 def post_appointment(request: AppointmentRequest) -> Appointment:
     caller = clinician(app)
-    practice = _practice(caller.practice_id)
+    practice = wiring.practice(caller.practice_id)
     clients.require_client(wiring.store(), caller.practice_id, request.client_id)
     return calendar.schedule_appointment(wiring.store(), wiring.clock, practice, request)
 

@@ -52,14 +52,26 @@ class BillingOverview(BaseModel):
     unpaid_invoices_cents: int
     unallocated_credit_cents: int
     uninvoiced_cents: int
-    unpaid_invoices: list[dict[str, Any]]
+    unpaid_invoices: list[UnpaidInvoice]
     uninvoiced_appointments: list[UninvoicedAppointment]
     cards: list[dict[str, Any]]
     autopay: AutoPayState
     as_of: datetime
 
 
+class UnpaidInvoice(BaseModel):
+    invoice_id: str
+    number: str
+    issue_date: date
+    due_date: date
+    status: str
+    total_cents: int
+    balance_cents: int
+
+
 class AccountStore(ClientStore, Protocol):
+    def invoices_of(self, practice_id: str, client_id: str) -> list[Invoice]: ...
+
     def get_account(self, practice_id: str, client_id: str) -> Account: ...
 
     def uninvoiced_appointments(
@@ -67,10 +79,16 @@ class AccountStore(ClientStore, Protocol):
     ) -> list[Appointment]: ...
 
 
-def billing_overview(store: AccountStore, now: datetime, practice_id: str, client_id: str) -> BillingOverview:
+def billing_overview(store: AccountStore, now: datetime, practice: Practice, client_id: str) -> BillingOverview:
     """The client's money position now. Uninvoiced lists only billable appointments not yet on an invoice."""
+    practice_id = practice.practice_id
     require_client(store, practice_id, client_id)
     account = store.get_account(practice_id, client_id)
+    today = local_date(now, practice.timezone)
+    unpaid = sorted(
+        (i.reported_on(today) for i in store.invoices_of(practice_id, client_id) if i.balance_cents > 0),
+        key=lambda i: i.sequence,
+    )
     uninvoiced = [a for a in store.uninvoiced_appointments(practice_id, client_id=client_id) if a.billable]
     return BillingOverview(
         client_id=client_id,
@@ -78,10 +96,10 @@ def billing_overview(store: AccountStore, now: datetime, practice_id: str, clien
         invoiced_cents=account.invoiced_cents,
         paid_cents=account.paid_cents,
         refunded_cents=account.refunded_cents,
-        unpaid_invoices_cents=account.balance_cents + account.unallocated_credit_cents,
+        unpaid_invoices_cents=sum(i.balance_cents for i in unpaid),
         unallocated_credit_cents=account.unallocated_credit_cents,
         uninvoiced_cents=sum(a.fee_cents for a in uninvoiced),
-        unpaid_invoices=[],
+        unpaid_invoices=[UnpaidInvoice.model_validate(i.model_dump()) for i in unpaid],
         uninvoiced_appointments=[
             UninvoicedAppointment(
                 appointment_id=a.appointment_id,

@@ -53,3 +53,9 @@ class PaymentDeclined(BillingError):
         super().__init__(message, details=[{"decline_code": decline_code}])
         self.decline_code = decline_code
         self.payment = payment
+
+
+class StaleState(Conflict):
+    """What a change was planned from changed before it was committed; re-read and plan again."""
+
+    code = "concurrent_change"

@@ -9,7 +9,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from billing.localtime import local_date
+from pydantic import BaseModel
+
+from billing.localtime import TimezoneName, UtcInstant, local_date
 
 
 class NightlyJob(StrEnum):
@@ -75,3 +77,18 @@ def nightly_run_time(timezone: str, job: NightlyJob, now: datetime, years: int =
 def business_date(scheduled_time: datetime, timezone: str) -> date:
     """The local date a nightly run is for: the date, in the zone, of the instant the schedule fired for."""
     return local_date(scheduled_time, timezone)
+
+
+class NightlyRun(BaseModel):
+    """What a per-zone schedule sends its entry function."""
+
+    schedule: NightlyJob
+    timezone: TimezoneName
+    scheduled_time: UtcInstant
+
+
+class PracticeNight(BaseModel):
+    """One practice's share of a nightly run (an SQS message body)."""
+
+    practice_id: str
+    business_date: date

@@ -43,6 +43,8 @@ class Practice(PracticeSettings):
     practice_id: str
     created_at: datetime
     updated_at: datetime
+    # The number of the last invoice issued (gapless); moved only by the transaction that issues one.
+    last_invoice_sequence: int = Field(default=0, exclude=True)
 
 
 class PracticeStore(Protocol):

@@ -43,6 +43,18 @@ def client_gsi2pk(practice_id: str, client_id: str) -> str:
     return f"PRACTICE#{practice_id}#CLIENT#{client_id}"
 
 
+INVOICE_GSI2_PREFIX = "INVOICE#"
+PAYMENT_GSI2_PREFIX = "PAYMENT#"
+
+
+def invoice_gsi2sk(sequence: int) -> str:
+    return f"{INVOICE_GSI2_PREFIX}{sequence:09d}"
+
+
+def payment_gsi2sk(created_at: str, payment_id: str) -> str:
+    return f"{PAYMENT_GSI2_PREFIX}{created_at}#{payment_id}"
+
+
 # GSI3 (sparse): a practice's appointments that are not on an invoice, by local date.
 def uninvoiced_gsi3pk(practice_id: str) -> str:
     return f"PRACTICE#{practice_id}#UNINVOICED"
@@ -50,3 +62,8 @@ def uninvoiced_gsi3pk(practice_id: str) -> str:
 
 def uninvoiced_gsi3sk(day: date, appointment_id: str) -> str:
     return f"{day.isoformat()}#{appointment_id}"
+
+
+# GSI3 (sparse): a practice's payments with unallocated money (client credit), oldest first.
+def credit_gsi3pk(practice_id: str) -> str:
+    return f"PRACTICE#{practice_id}#CREDIT"

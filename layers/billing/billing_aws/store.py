@@ -9,7 +9,9 @@ from botocore.exceptions import ClientError
 from billing.accounts import Account
 from billing.calendar import Appointment, AppointmentStatus
 from billing.clients import Client
-from billing.errors import Conflict
+from billing.errors import Conflict, StaleState
+from billing.invoices import Invoice, NewInvoice, VoidedInvoice
+from billing.payments import Payment, PaymentStatus
 from billing.practices import Practice
 from billing_aws import keys
 from billing_aws.codec import from_attributes, model_attributes, to_attributes, to_value
@@ -75,7 +77,7 @@ class BillingStore:
             TableName=self._table,
             Key=to_attributes(keys.key(practice.practice_id, keys.PRACTICE_SK)),
             UpdateExpression=f"SET {assignments}, #counter = if_not_exists(#counter, :zero)",
-            ExpressionAttributeNames=names | {"#counter": "invoice_counter"},
+            ExpressionAttributeNames=names | {"#counter": "last_invoice_sequence"},
             ExpressionAttributeValues=attribute_values | {":zero": {"N": "0"}},
         )
         return practice
@@ -181,3 +183,179 @@ class BillingStore:
             query["FilterExpression"] = "client_id = :client"
             values[":client"] = to_value(client_id)
         return [Appointment.model_validate(found) for found in self._query(**query)]
+
+    def appointments_by_id(self, practice_id: str, appointment_ids: list[str]) -> list[Appointment]:
+        """The practice's appointments among ``appointment_ids`` (unknown ids are simply absent)."""
+        found: list[Appointment] = []
+        wanted = list(dict.fromkeys(appointment_ids))
+        for start in range(0, len(wanted), 100):
+            request = {
+                self._table: {
+                    "Keys": [
+                        to_attributes(keys.key(practice_id, keys.appointment_sk(i)))
+                        for i in wanted[start : start + 100]
+                    ],
+                    "ConsistentRead": True,
+                }
+            }
+            while request:
+                response = self._db.batch_get_item(RequestItems=request)
+                found += [
+                    Appointment.model_validate(_domain_fields(i)) for i in response["Responses"].get(self._table, [])
+                ]
+                request = response.get("UnprocessedKeys") or {}
+        return found
+
+    # -- invoices ----------------------------------------------------------------------------------
+    @staticmethod
+    def invoice_item(practice_id: str, invoice: Invoice) -> dict[str, Any]:
+        values = invoice.model_dump(
+            mode="json", exclude={"status", "past_due", "number", "paid_cents", "balance_cents"}
+        )
+        values |= {"sequence": invoice.sequence, "voided": invoice.voided}
+        return (
+            values
+            | keys.key(practice_id, keys.invoice_sk(invoice.invoice_id))
+            | {
+                "kind": "invoice",
+                "GSI2PK": keys.client_gsi2pk(practice_id, invoice.client_id),
+                "GSI2SK": keys.invoice_gsi2sk(invoice.sequence),
+            }
+        )
+
+    def get_invoice(self, practice_id: str, invoice_id: str) -> Invoice | None:
+        found = self._get(practice_id, keys.invoice_sk(invoice_id))
+        return Invoice.model_validate(found) if found else None
+
+    def invoices_of(self, practice_id: str, client_id: str) -> list[Invoice]:
+        return [
+            Invoice.model_validate(found)
+            for found in self._query(
+                IndexName="GSI2",
+                KeyConditionExpression="GSI2PK = :pk AND begins_with(GSI2SK, :prefix)",
+                ExpressionAttributeValues={
+                    ":pk": to_value(keys.client_gsi2pk(practice_id, client_id)),
+                    ":prefix": to_value(keys.INVOICE_GSI2_PREFIX),
+                },
+            )
+        ]
+
+    # -- payments ----------------------------------------------------------------------------------
+    @staticmethod
+    def payment_item(practice_id: str, payment: Payment) -> dict[str, Any]:
+        values = model_attributes(payment) | keys.key(practice_id, keys.payment_sk(payment.payment_id))
+        values |= {
+            "kind": "payment",
+            "GSI2PK": keys.client_gsi2pk(practice_id, payment.client_id),
+            "GSI2SK": keys.payment_gsi2sk(values["created_at"], payment.payment_id),
+        }
+        # Only payments with money not yet applied to an invoice sit in the sparse credit index.
+        if payment.status is PaymentStatus.SUCCEEDED and payment.unallocated_cents > 0:
+            values["GSI3PK"] = keys.credit_gsi3pk(practice_id)
+            values["GSI3SK"] = f"{values['created_at']}#{payment.payment_id}"
+        return values
+
+    def get_payment(self, practice_id: str, payment_id: str) -> Payment | None:
+        found = self._get(practice_id, keys.payment_sk(payment_id))
+        return Payment.model_validate(found) if found else None
+
+    def open_credit(self, practice_id: str, client_id: str | None = None) -> list[Payment]:
+        """Payments with unallocated money (the clients' credit), oldest first."""
+        query: dict[str, Any] = {
+            "IndexName": "GSI3",
+            "KeyConditionExpression": "GSI3PK = :pk",
+            "ExpressionAttributeValues": {":pk": to_value(keys.credit_gsi3pk(practice_id))},
+        }
+        if client_id is not None:
+            query["FilterExpression"] = "client_id = :client"
+            query["ExpressionAttributeValues"][":client"] = to_value(client_id)
+        return [Payment.model_validate(found) for found in self._query(**query)]
+
+    # -- units of work -----------------------------------------------------------------------------
+    def _versioned_put(self, item: dict[str, Any], version: int) -> dict[str, Any]:
+        """A transaction Put that only lands if the stored item is still at ``version - 1``."""
+        return {
+            "Put": {
+                "TableName": self._table,
+                "Item": to_attributes(item),
+                "ConditionExpression": "#version = :expected",
+                "ExpressionAttributeNames": {"#version": "version"},
+                "ExpressionAttributeValues": {":expected": to_value(version - 1)},
+            }
+        }
+
+    def _account_change(self, practice_id: str, client_id: str, **deltas: int) -> dict[str, Any]:
+        names = {f"#d{i}": name for i, name in enumerate(deltas)}
+        values = {f":d{i}": to_value(delta) for i, delta in enumerate(deltas.values())}
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": to_attributes(keys.key(practice_id, keys.client_sk(client_id))),
+                "UpdateExpression": "ADD " + ", ".join(f"#d{i} :d{i}" for i in range(len(deltas))),
+                "ConditionExpression": "attribute_exists(PK)",
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+            }
+        }
+
+    def _transact(self, actions: list[dict[str, Any]]) -> None:
+        try:
+            self._db.transact_write_items(TransactItems=actions)
+        except ClientError as error:
+            if is_condition_failure(error):
+                raise StaleState("the data changed while the request was being handled; retry") from error
+            raise
+
+    def commit_new_invoice(self, plan: NewInvoice) -> None:
+        """Issue the invoice, take its number and appointments, move the account and credit: all or nothing."""
+        pid = plan.practice_id
+        invoice = plan.invoice
+        actions: list[dict[str, Any]] = [
+            {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": to_attributes(self.invoice_item(pid, invoice)),
+                    "ConditionExpression": "attribute_not_exists(PK)",
+                }
+            },
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": to_attributes(keys.key(pid, keys.PRACTICE_SK)),
+                    "UpdateExpression": "SET #seq = :next",
+                    "ConditionExpression": "#seq = :previous",
+                    "ExpressionAttributeNames": {"#seq": "last_invoice_sequence"},
+                    "ExpressionAttributeValues": {
+                        ":next": to_value(invoice.sequence),
+                        ":previous": to_value(plan.previous_sequence),
+                    },
+                }
+            },
+        ]
+        actions += [self._versioned_put(self.appointment_item(pid, a), a.version) for a in plan.appointments]
+        actions += [self._versioned_put(self.payment_item(pid, u.payment), u.payment.version) for u in plan.credit]
+        actions.append(
+            self._account_change(
+                pid,
+                invoice.client_id,
+                invoiced_cents=invoice.total_cents,
+                unallocated_credit_cents=-invoice.paid_cents,
+            )
+        )
+        self._transact(actions)
+
+    def commit_void(self, plan: VoidedInvoice) -> None:
+        """Void the invoice, free its appointments and return its allocations to their payments as credit."""
+        pid = plan.practice_id
+        actions = [self._versioned_put(self.invoice_item(pid, plan.after), plan.after.version)]
+        actions += [self._versioned_put(self.appointment_item(pid, a), a.version) for a in plan.appointments]
+        actions += [self._versioned_put(self.payment_item(pid, p), p.version) for p in plan.payments]
+        actions.append(
+            self._account_change(
+                pid,
+                plan.before.client_id,
+                invoiced_cents=-plan.before.total_cents,
+                unallocated_credit_cents=plan.before.paid_cents,
+            )
+        )
+        self._transact(actions)

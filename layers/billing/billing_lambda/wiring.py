@@ -2,8 +2,10 @@
 
 from functools import cache
 
+from billing.errors import NotFound
 from billing.localtime import SystemClock
 from billing.nightly import NightlyJob
+from billing.practices import Practice
 from billing_aws.schedules import NightlySchedules
 from billing_aws.store import BillingStore
 from billing_lambda.aws_clients import client
@@ -15,6 +17,14 @@ clock = SystemClock()
 @cache
 def store() -> BillingStore:
     return BillingStore(client("dynamodb"), load_settings(FunctionSettings).table_name)
+
+
+def practice(practice_id: str) -> Practice:
+    """The caller's practice, or NotFound (its settings are needed for local dates)."""
+    found = store().get_practice(practice_id)
+    if found is None:
+        raise NotFound("practice", practice_id)
+    return found
 
 
 @cache

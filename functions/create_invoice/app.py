@@ -1,0 +1,55 @@
+"""Invoices by hand: create from chosen appointments, read, list a client's, void."""
+
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from billing import invoicing
+from billing.clients import require_client
+from billing.invoices import Invoice, InvoiceRequest, require_invoice
+from billing.localtime import local_date
+from billing_lambda import wiring
+from billing_lambda.http import PathId, build_resolver, clinician
+from billing_lambda.observability import logger, metrics, tracer
+
+app = build_resolver()
+
+
+@app.post("/invoices", status_code=201, tags=["Invoices"], summary="Invoice chosen appointments of one client")
+def post_invoice(request: InvoiceRequest) -> Invoice:
+    caller = clinician(app)
+    require_client(wiring.store(), caller.practice_id, request.client_id)
+    invoice = invoicing.create_invoice(wiring.store(), wiring.clock, caller.practice_id, request)
+    metrics.add_metric(name="InvoicesCreated", unit="Count", value=1)
+    logger.info("invoice created", extra={"invoice_id": invoice.invoice_id, "lines": len(invoice.lines)})
+    return invoice
+
+
+@app.get("/invoices/<invoice_id>", tags=["Invoices"], summary="An invoice")
+def get_invoice(invoice_id: PathId) -> Invoice:
+    practice = wiring.practice(clinician(app).practice_id)
+    invoice = require_invoice(wiring.store(), practice.practice_id, invoice_id)
+    return invoice.reported_on(local_date(wiring.clock.now(), practice.timezone))
+
+
+@app.get("/clients/<client_id>/invoices", tags=["Invoices"], summary="A client's invoices, newest first")
+def list_client_invoices(client_id: PathId) -> dict[str, list[Invoice]]:
+    practice = wiring.practice(clinician(app).practice_id)
+    require_client(wiring.store(), practice.practice_id, client_id)
+    return {"invoices": invoicing.client_invoices(wiring.store(), wiring.clock, practice, client_id)}
+
+
+@app.post("/invoices/<invoice_id>/void", tags=["Invoices"], summary="Void an invoice (its number stays used)")
+def post_void(invoice_id: PathId) -> Invoice:
+    caller = clinician(app)
+    invoice = invoicing.void_invoice(wiring.store(), wiring.clock, caller.practice_id, invoice_id)
+    metrics.add_metric(name="InvoicesVoided", unit="Count", value=1)
+    return invoice
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,63 @@
+"""Check the system libraries WeasyPrint needs (Pango and a font) before ``make run`` / ``make test``.
+
+Runs with the system python and the standard library only: ``python3 local/check_system.py``.
+Silent when everything is there; otherwise says what to install and exits 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, this folder is sys.path[0]; drop it so local/token.py cannot shadow stdlib token.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") != _HERE]
+
+import ctypes.util  # noqa: E402 - must come after the sys.path fix above
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+
+PANGO_LIBRARIES = ("pango-1.0", "pangoft2-1.0")
+FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", os.path.expanduser("~/.fonts"))
+FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".pfb", ".woff", ".woff2")
+INSTALL_HINT = "sudo apt-get install libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core"
+
+
+def missing_libraries() -> list[str]:
+    """The Pango libraries the dynamic loader cannot find."""
+    return [name for name in PANGO_LIBRARIES if ctypes.util.find_library(name) is None]
+
+
+def has_font() -> bool:
+    """Whether fontconfig lists a font, or a font file exists in the usual folders."""
+    fc_list = shutil.which("fc-list")
+    if fc_list:
+        try:
+            listed = subprocess.run([fc_list], capture_output=True, text=True, timeout=20, check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            listed = ""
+        if listed.strip():
+            return True
+    for folder in FONT_DIRS:
+        for _root, _dirs, files in os.walk(folder):
+            if any(name.lower().endswith(FONT_SUFFIXES) for name in files):
+                return True
+    return False
+
+
+def main() -> int:
+    """Print what is missing and return 1, or return 0 silently."""
+    problems = [f"library {name} (Pango) not found" for name in missing_libraries()]
+    if not has_font():
+        problems.append("no font installed")
+    if not problems:
+        return 0
+    print("PDF rendering (WeasyPrint) needs system packages that are missing:", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+    print(f"Install them (Debian/Ubuntu) with:\n  {INSTALL_HINT}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""End-to-end fixtures: a local stack in the test process, and small HTTP clients for it.
+
+Each pytest(-xdist) worker starts its own stack on free ports. ``stack`` serves the repository's
+template.yaml (or the fixture template while there is none); ``fixture_stack`` always serves
+tests/e2e/fixtures/template.yaml, sharing the same moto server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from local.stack import LocalStack, start_stack
+from local.template import DEFAULT_TEMPLATE
+from local.token import make_token
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURE_TEMPLATE = FIXTURES / "template.yaml"
+
+
+class ApiSession(requests.Session):
+    """A requests session whose paths are relative to the local API (``session.get("/practice")``)."""
+
+    def __init__(self, base_url: str, token: str | None = None) -> None:
+        super().__init__()
+        self.base_url = base_url.rstrip("/")
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if isinstance(url, str) and url.startswith("/"):
+            url = self.base_url + url
+        kwargs.setdefault("timeout", 60)
+        return super().request(method, url, *args, **kwargs)
+
+
+class Api(ApiSession):
+    """The anonymous client, plus `as_practice` for an authenticated one."""
+
+    def as_practice(
+        self, practice_id: str | None = None, role: str = "clinician", client_id: str | None = None
+    ) -> ApiSession:
+        """A session with a token for ``practice_id`` (a fresh random practice when omitted)."""
+        practice_id = practice_id or f"prac_{uuid.uuid4().hex[:12]}"
+        session = ApiSession(self.base_url, make_token(practice_id, role=role, client_id=client_id))
+        session.practice_id = practice_id  # type: ignore[attr-defined]
+        return session
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    """The local stack for template.yaml, started once per test process."""
+    template = DEFAULT_TEMPLATE if DEFAULT_TEMPLATE.exists() else FIXTURE_TEMPLATE
+    running = start_stack(port=0, template_path=template, quiet=True)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def fixture_stack(stack: LocalStack) -> Iterator[LocalStack]:
+    """A second API serving the fixture template (fixture handlers), on the same moto server."""
+    if stack.template.path == FIXTURE_TEMPLATE:
+        yield stack
+        return
+    running = start_stack(
+        port=0, template_path=FIXTURE_TEMPLATE, aws=stack.aws, stripe=False, scheduler=False, quiet=True
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def api(stack: LocalStack) -> Iterator[Api]:
+    """A client for the main stack."""
+    with Api(stack.url) as client:
+        yield client
+
+
+@pytest.fixture
+def fixture_api(fixture_stack: LocalStack) -> Iterator[Api]:
+    """A client for the fixture-template stack."""
+    with Api(fixture_stack.url) as client:
+        yield client
