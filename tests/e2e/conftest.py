@@ -26,9 +26,10 @@ FIXTURE_TEMPLATE = FIXTURES / "template.yaml"
 class ApiSession(requests.Session):
     """A requests session whose paths are relative to the local API (``session.get("/practice")``)."""
 
-    def __init__(self, base_url: str, token: str | None = None) -> None:
+    def __init__(self, base_url: str, token: str | None = None, practice_id: str | None = None) -> None:
         super().__init__()
         self.base_url = base_url.rstrip("/")
+        self.practice_id = practice_id
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
 
@@ -47,9 +48,8 @@ class Api(ApiSession):
     ) -> ApiSession:
         """A session with a token for ``practice_id`` (a fresh random practice when omitted)."""
         practice_id = practice_id or f"prac_{uuid.uuid4().hex[:12]}"
-        session = ApiSession(self.base_url, make_token(practice_id, role=role, client_id=client_id))
-        session.practice_id = practice_id  # type: ignore[attr-defined]
-        return session
+        token = make_token(practice_id, role=role, client_id=client_id)
+        return ApiSession(self.base_url, token, practice_id)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,9 @@ from pydantic import BaseModel
 
 from billing.calendar import Appointment
 from billing.clients import ClientStore, require_client
+from billing.invoices import Invoice
+from billing.localtime import local_date
+from billing.practices import Practice
 
 
 class Account(BaseModel):
@@ -41,6 +44,16 @@ class UninvoicedAppointment(BaseModel):
     fee_cents: int
 
 
+class UnpaidInvoice(BaseModel):
+    invoice_id: str
+    number: str
+    issue_date: date
+    due_date: date
+    status: str
+    total_cents: int
+    balance_cents: int
+
+
 class BillingOverview(BaseModel):
     """``GET /clients/{id}/billing-overview``: what staff review before enrolling a client in AutoPay."""
 
@@ -57,16 +70,6 @@ class BillingOverview(BaseModel):
     cards: list[dict[str, Any]]
     autopay: AutoPayState
     as_of: datetime
-
-
-class UnpaidInvoice(BaseModel):
-    invoice_id: str
-    number: str
-    issue_date: date
-    due_date: date
-    status: str
-    total_cents: int
-    balance_cents: int
 
 
 class AccountStore(ClientStore, Protocol):
