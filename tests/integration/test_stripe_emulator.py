@@ -149,7 +149,9 @@ def test_api_key_is_required(emulator):
     no_key = requests.post(f"{emulator.url}/v1/customers", timeout=5)
     assert no_key.status_code == 401
     assert no_key.json()["error"]["type"] == "invalid_request_error"
-    live = requests.get(f"{emulator.url}/v1/customers/cus_x", headers={"Authorization": "Bearer sk_live_abc"}, timeout=5)
+    live = requests.get(
+        f"{emulator.url}/v1/customers/cus_x", headers={"Authorization": "Bearer sk_live_abc"}, timeout=5
+    )
     assert live.status_code == 401
 
     bad = stripe.StripeClient("not_a_key", base_addresses={"api": emulator.url}, max_network_retries=0)
@@ -401,7 +403,9 @@ def test_search_by_metadata(client):
         {"query": f"metadata['practice_id']:'prac_1' AND status:'succeeded' AND customer:'{customer.id}'"}
     )
     assert len(both.data) == 3
-    either = client.v1.payment_intents.search({"query": "metadata['invoice_id']:'inv_1' OR metadata['invoice_id']:'inv_3'"})
+    either = client.v1.payment_intents.search(
+        {"query": "metadata['invoice_id']:'inv_1' OR metadata['invoice_id']:'inv_3'"}
+    )
     assert {pi.id for pi in either.data} == {intents["inv_1"].id, intents["inv_3"].id}
     assert client.v1.payment_intents.search({"query": "metadata['invoice_id']:'nope'"}).data == []
     with pytest.raises(stripe.InvalidRequestError) as bad:
@@ -413,7 +417,12 @@ def test_full_refund_then_already_refunded(emulator, client):
     customer, card = customer_with_card(client)
     intent = client.v1.payment_intents.create(charge_params(customer, card, amount=1000))
     refund = client.v1.refunds.create({"payment_intent": intent.id, "reason": "requested_by_customer"})
-    assert (refund.object, refund.amount, refund.status, refund.charge) == ("refund", 1000, "succeeded", intent.latest_charge)
+    assert (refund.object, refund.amount, refund.status, refund.charge) == (
+        "refund",
+        1000,
+        "succeeded",
+        intent.latest_charge,
+    )
     assert client.v1.refunds.retrieve(refund.id).payment_intent == intent.id
     charge = client.v1.charges.retrieve(intent.latest_charge)
     assert (charge.amount_refunded, charge.refunded) == (1000, True)
@@ -440,10 +449,10 @@ def test_partial_refunds_never_exceed_the_charge(client):
 
 def test_error_shapes(emulator, client):
     with pytest.raises(stripe.InvalidRequestError) as missing:
-        client.v1.payment_intents.create({"currency": "usd"})  # type: ignore[typeddict-item]
+        client.v1.payment_intents.create({"currency": "usd"})
     assert (missing.value.http_status, missing.value.code, missing.value.param) == (400, "parameter_missing", "amount")
     with pytest.raises(stripe.InvalidRequestError) as unknown:
-        client.v1.payment_intents.create({"amount": 100, "currency": "usd", "colour": "red"})  # type: ignore[typeddict-unknown-key]
+        client.v1.payment_intents.create({"amount": 100, "currency": "usd", "colour": "red"})
     assert (unknown.value.code, unknown.value.param) == ("parameter_unknown", "colour")
     with pytest.raises(stripe.InvalidRequestError) as no_such:
         client.v1.payment_intents.retrieve("pi_missing")
@@ -469,7 +478,12 @@ def test_webhooks_are_signed_like_stripe(emulator, client, receiver):
     assert emulator.wait_for_webhooks()
 
     received = receiver.wait_for(4)
-    assert receiver.types() == ["payment_intent.succeeded", "charge.refunded", "refund.created", "charge.dispute.created"]
+    assert receiver.types() == [
+        "payment_intent.succeeded",
+        "charge.refunded",
+        "refund.created",
+        "charge.dispute.created",
+    ]
     body, signature = received[0]
     event = stripe.Webhook.construct_event(body, signature, WHSEC)
     assert event.id.startswith("evt_")

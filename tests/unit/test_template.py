@@ -41,9 +41,7 @@ def architecture_functions() -> dict[str, dict[str, Any]]:
         assert code_uri, line
         routes = {
             (method, path)
-            for methods, path in re.findall(
-                r"`([A-Z]+(?:,[A-Z]+)*) (/[^`]*)`", cells[2]
-            )
+            for methods, path in re.findall(r"`([A-Z]+(?:,[A-Z]+)*) (/[^`]*)`", cells[2])
             for method in methods.split(",")
         }
         functions[cells[0].strip("`")] = {
@@ -56,11 +54,7 @@ def architecture_functions() -> dict[str, dict[str, Any]]:
 
 
 def resources(template: Template, resource_type: str) -> dict[str, Any]:
-    return {
-        name: resource
-        for name, resource in template["Resources"].items()
-        if resource["Type"] == resource_type
-    }
+    return {name: resource for name, resource in template["Resources"].items() if resource["Type"] == resource_type}
 
 
 def function_property(template: Template, function: str, name: str) -> Any:
@@ -106,10 +100,7 @@ def walk(node: Any) -> Iterator[Any]:
 def deny_insecure_transport(statements: list[dict[str, Any]]) -> bool:
     return any(
         statement["Effect"] == "Deny"
-        and str(
-            statement.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport")
-        ).lower()
-        == "false"
+        and str(statement.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport")).lower() == "false"
         for statement in statements
     )
 
@@ -146,9 +137,7 @@ def test_billing_table_has_pitr_deletion_protection_and_customer_managed_key(
 ) -> None:
     table = template["Resources"]["BillingTable"]
     props = table["Properties"]
-    assert (
-        props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
-    )
+    assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
     assert props["DeletionProtectionEnabled"] is True
     assert props["SSESpecification"]["SSEEnabled"] is True
     assert props["SSESpecification"]["SSEType"] == "KMS"
@@ -171,14 +160,10 @@ def test_documents_bucket_blocks_public_access_uses_kms_and_denies_plain_http(
         "IgnorePublicAcls",
         "RestrictPublicBuckets",
     }
-    assert all(
-        flag is True for flag in props["PublicAccessBlockConfiguration"].values()
-    )
+    assert all(flag is True for flag in props["PublicAccessBlockConfiguration"].values())
     (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
     assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
-    assert rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == {
-        "Fn::GetAtt": ["DataKey", "Arn"]
-    }
+    assert rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
     bucket_policies = [
         policy["Properties"]["PolicyDocument"]["Statement"]
         for policy in resources(template, "AWS::S3::BucketPolicy").values()
@@ -215,12 +200,8 @@ def test_worker_reports_batch_item_failures_and_queue_outlasts_six_worker_timeou
     assert event["Queue"] == {"Fn::GetAtt": ["DailyInvoicesQueue", "Arn"]}
     assert "ReportBatchItemFailures" in event["FunctionResponseTypes"]
     queue = template["Resources"]["DailyInvoicesQueue"]["Properties"]
-    assert queue["VisibilityTimeout"] >= 6 * function_property(
-        template, worker, "Timeout"
-    )
-    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
-        "Fn::GetAtt": ["DailyInvoicesDLQ", "Arn"]
-    }
+    assert queue["VisibilityTimeout"] >= 6 * function_property(template, worker, "Timeout")
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["DailyInvoicesDLQ", "Arn"]}
 
 
 def test_webhook_route_has_no_authorizer_and_every_other_route_requires_the_jwt(
@@ -245,9 +226,7 @@ def test_routes_exactly_match_the_architecture_contract(
     template: Template, architecture_functions: dict[str, dict[str, Any]]
 ) -> None:
     documented = {
-        (function, method, path)
-        for function, spec in architecture_functions.items()
-        for method, path in spec["routes"]
+        (function, method, path) for function, spec in architecture_functions.items() for method, path in spec["routes"]
     }
     assert set(http_routes(template)) == documented
 
@@ -274,12 +253,8 @@ def test_scheduler_may_invoke_only_the_daily_invoices_entry(template: Template) 
     (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
     assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
     assert "aws:SourceAccount" in trust["Condition"]["StringEquals"]
-    statements = [
-        s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]
-    ]
-    assert {action for s in statements for action in as_list(s["Action"])} == {
-        "lambda:InvokeFunction"
-    }
+    statements = [s for policy in role["Policies"] for s in policy["PolicyDocument"]["Statement"]]
+    assert {action for s in statements for action in as_list(s["Action"])} == {"lambda:InvokeFunction"}
     for statement in statements:
         for resource in as_list(statement["Resource"]):
             assert "DailyInvoicesFunction" in str(resource), resource
@@ -288,6 +263,4 @@ def test_scheduler_may_invoke_only_the_daily_invoices_entry(template: Template) 
 def test_stripe_secret_in_template_is_an_empty_placeholder(template: Template) -> None:
     secret = template["Resources"]["StripeSecret"]["Properties"]
     assert secret["KmsKeyId"] == {"Ref": "DataKey"}
-    assert re.fullmatch(
-        r'\{"secret_key": "", "webhook_secret": ""\}', secret["SecretString"]
-    ), secret["SecretString"]
+    assert re.fullmatch(r'\{"secret_key": "", "webhook_secret": ""\}', secret["SecretString"]), secret["SecretString"]
