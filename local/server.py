@@ -570,7 +570,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         started = time.monotonic()
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.send_error(400, "Bad Content-Length")
+            return
         body = self.rfile.read(length) if length > 0 else b""
         split = urlsplit(self.path)
         request = IncomingRequest(

@@ -98,9 +98,11 @@ def _start_emulator(webhook_url: str) -> tuple[Any | None, str | None]:
 def wait_until_healthy(url: str, timeout: float = 15.0) -> None:
     """Block until ``GET <url>/_local/health`` answers 200; raises TimeoutError otherwise."""
     deadline = time.monotonic() + timeout
+    # Straight to 127.0.0.1: an HTTP(S)_PROXY in the environment must not intercept the probe.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/_local/health", timeout=2) as response:
+            with opener.open(f"{url}/_local/health", timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -135,8 +137,14 @@ def start_stack(
         # werkzeug logs every AWS call at INFO otherwise, drowning the stack's own output.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         aws = start_moto(region)
-    resolver = provision(aws, template)
-    server = LocalServer(template, resolver, clients=aws.client, port=port, quiet=quiet)
+    try:
+        resolver = provision(aws, template)
+        server = LocalServer(template, resolver, clients=aws.client, port=port, quiet=quiet)
+    except BaseException:
+        if owns_aws:
+            aws.stop()
+            restore_environment(saved)
+        raise
     overrides: dict[str, str] = {}
     emulator: Any | None = None
     if stripe and uses_real_stripe():

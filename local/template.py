@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,7 @@ class ResourceSpec:
 
 @dataclass
 class Template:
-    """A loaded SAM template and the local stack's view of it."""
+    """A loaded SAM template and the local stack's view of it (computed once: treat it as read-only)."""
 
     path: Path
     document: dict[str, Any]
@@ -176,23 +177,23 @@ class Template:
         """The directory that ``CodeUri`` paths are relative to."""
         return self.path.parent
 
-    @property
+    @cached_property
     def resources(self) -> dict[str, dict[str, Any]]:
         """All resources, by logical id."""
         resources = self.document.get("Resources") or {}
         return {key: value for key, value in resources.items() if isinstance(value, dict)}
 
-    @property
+    @cached_property
     def parameters(self) -> dict[str, dict[str, Any]]:
         """Template parameters, by name."""
         return dict(self.document.get("Parameters") or {})
 
-    @property
+    @cached_property
     def conditions(self) -> dict[str, Any]:
         """Template conditions, by name."""
         return dict(self.document.get("Conditions") or {})
 
-    @property
+    @cached_property
     def mappings(self) -> dict[str, Any]:
         """Template mappings, by name."""
         return dict(self.document.get("Mappings") or {})
@@ -214,7 +215,7 @@ class Template:
             if resource.get("Type") in types
         }
 
-    @property
+    @cached_property
     def functions(self) -> dict[str, FunctionSpec]:
         """Zip-packaged SAM functions with a ``CodeUri`` folder, by logical id."""
         defaults = self.globals_for("Function")
@@ -248,7 +249,7 @@ class Template:
         default = auth.get("DefaultAuthorizer")
         return default if isinstance(default, str) and default != "NONE" else None
 
-    @property
+    @cached_property
     def routes(self) -> list[HttpRoute]:
         """Every ``HttpApi`` event of every function, in template order."""
         routes: list[HttpRoute] = []
@@ -274,7 +275,7 @@ class Template:
                 )
         return routes
 
-    @property
+    @cached_property
     def sqs_event_sources(self) -> list[SqsEventSource]:
         """Every ``SQS`` event whose queue is declared in this template."""
         sources: list[SqsEventSource] = []
@@ -299,7 +300,7 @@ class Template:
                 )
         return sources
 
-    @property
+    @cached_property
     def tables(self) -> list[TableSpec]:
         """DynamoDB tables (``AWS::Serverless::SimpleTable`` expanded to its key)."""
         tables: list[TableSpec] = []
@@ -330,7 +331,7 @@ class Template:
             )
         return tables
 
-    @property
+    @cached_property
     def queues(self) -> list[QueueSpec]:
         """SQS queues, dead-letter queues before the queues that redrive into them."""
         specs = {}
@@ -355,23 +356,23 @@ class Template:
             visit(spec, ())
         return ordered
 
-    @property
+    @cached_property
     def buckets(self) -> list[ResourceSpec]:
         """S3 buckets."""
         return [ResourceSpec(key, props) for key, props in self.of_type(BUCKET_TYPE).items()]
 
-    @property
+    @cached_property
     def secrets(self) -> list[ResourceSpec]:
         """Secrets Manager secrets."""
         return [ResourceSpec(key, props) for key, props in self.of_type(SECRET_TYPE).items()]
 
-    @property
+    @cached_property
     def schedule_groups(self) -> list[ResourceSpec]:
         """EventBridge Scheduler schedule groups."""
         groups = self.of_type(SCHEDULE_GROUP_TYPE)
         return [ResourceSpec(key, props) for key, props in groups.items()]
 
-    @property
+    @cached_property
     def schedules(self) -> list[ResourceSpec]:
         """EventBridge Scheduler schedules declared statically (most are created at run time)."""
         return [ResourceSpec(key, props) for key, props in self.of_type(SCHEDULE_TYPE).items()]

@@ -14,7 +14,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ import pytest
 import requests
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2Model, SqsModel
 
+from local.aws import provision
 from local.scheduler import LocalScheduler, drain_queues
 from local.stack import LocalStack
 from local.token import DEFAULT_SECRET, make_token
@@ -99,6 +101,18 @@ def test_valid_token_gets_past_the_authorizer(api: Api, stack: LocalStack) -> No
     assert response.status_code != 401, response.text
 
 
+def test_stripe_emulator_is_wired_into_the_handlers_environment(stack: LocalStack) -> None:
+    if stack.stripe is None:
+        pytest.skip("no Stripe emulator: STRIPE_SECRET_KEY is a real test key")
+    assert os.environ["STRIPE_SECRET_KEY"] == "sk_test_local_emulator"
+    assert os.environ["STRIPE_WEBHOOK_SECRET"] == "whsec_local"
+    assert os.environ["STRIPE_API_BASE"].startswith("http://127.0.0.1:")
+    assert stack.stripe.webhook_url == f"{stack.url}/webhooks/stripe"
+    if "StripeSecret" in stack.template.resources:
+        stored = stack.aws.client("secretsmanager").get_secret_value(SecretId="StripeSecret")["SecretString"]
+        assert json.loads(stored) == {"secret_key": "sk_test_local_emulator", "webhook_secret": "whsec_local"}
+
+
 def test_unknown_route_is_404_in_the_error_shape(api: Api) -> None:
     assert_error(api.as_practice().get("/no/such/route"), 404, "not_found")
 
@@ -156,7 +170,7 @@ def test_fire_for_a_schedule_that_does_not_exist_is_404(api: Api) -> None:
         b"[]",
         json.dumps({"schedule": "daily_invoices", "timezone": "UTC"}).encode(),
         json.dumps(
-            {"schedule": "daily_invoices", "timezone": "Mars/Olympus", "scheduled_time": "2026-11-28T06:15:00Z"}
+            {"schedule": "daily_invoices", "timezone": "Mars/Olympus", "scheduled_time": "2026-11-28T06:15:00"}
         ).encode(),
         json.dumps({"schedule": "daily_invoices", "timezone": "UTC", "scheduled_time": "tomorrow"}).encode(),
         json.dumps({"schedule": "", "timezone": "UTC", "scheduled_time": "2026-11-28T06:15:00Z"}).encode(),
@@ -292,6 +306,14 @@ def test_powertools_resolver_serves_the_event(fixture_api: Api) -> None:
     assert fixture_api.get("/items/status").json() == {"status": "ok"}
 
 
+def test_concurrent_requests_to_one_function_do_not_share_a_resolver(fixture_api: Api) -> None:
+    client = fixture_api.as_practice()
+    item_ids = [f"item{n}" for n in range(12)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda item_id: client.get(f"/items/{item_id}").json()["item_id"], item_ids))
+    assert answers == item_ids
+
+
 def test_openapi_merges_the_handlers_documents(fixture_api: Api) -> None:
     document = fixture_api.get("/openapi.json").json()
     assert {"/items/{item_id}", "/items/status"} <= set(document["paths"])
@@ -322,14 +344,28 @@ def create_fixture_schedule(stack: LocalStack, kind: str, expression: str, zone:
     return name
 
 
+@pytest.fixture
+def work_queue(fixture_stack: LocalStack) -> Iterator[str]:
+    """The fixture work queue, empty before and after the test (failed messages stay invisible otherwise)."""
+
+    def recreate() -> str:
+        sqs = fixture_stack.aws.client("sqs")
+        sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName="FixtureWorkQueue")["QueueUrl"])
+        # PurgeQueue is limited to once a minute; provisioning again is not.
+        provision(fixture_stack.aws, fixture_stack.template)
+        return str(sqs.get_queue_url(QueueName="FixtureWorkQueue")["QueueUrl"])
+
+    yield recreate()
+    recreate()
+
+
 def test_fire_invokes_the_entry_and_drains_the_queue_through_the_worker(
-    fixture_stack: LocalStack, fixture_api: Api
+    fixture_stack: LocalStack, fixture_api: Api, work_queue: str
 ) -> None:
     kind = f"fixture_{uuid.uuid4().hex[:8]}"
     bodies = [{"n": 1}, {"n": 2}, {"fail": True}]
     name = create_fixture_schedule(fixture_stack, kind, "cron(15 19 * * ? *)", FIXTURE_ZONE, bodies=bodies)
     sqs = fixture_stack.aws.client("sqs")
-    queue_url = sqs.get_queue_url(QueueName="FixtureWorkQueue")["QueueUrl"]
     try:
         body = {"schedule": kind, "timezone": FIXTURE_ZONE, "scheduled_time": "2026-11-28T06:15:00+00:00"}
         response = fixture_api.post("/_local/scheduler/fire", json=body)
@@ -343,17 +379,16 @@ def test_fire_invokes_the_entry_and_drains_the_queue_through_the_worker(
         assert result["messages"] == 3
         assert result["failed"] == 1
         assert result["summary"] == {"processed": 2, "failed": 1}
-        attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+        attributes = sqs.get_queue_attributes(QueueUrl=work_queue, AttributeNames=["All"])["Attributes"]
         assert attributes["ApproximateNumberOfMessages"] == "0"
         assert attributes["ApproximateNumberOfMessagesNotVisible"] == "1", "the failed message waits for a retry"
     finally:
         fixture_stack.aws.client("scheduler").delete_schedule(Name=name, GroupName=FIXTURE_GROUP)
-        sqs.purge_queue(QueueUrl=queue_url)
 
 
-def test_drained_messages_arrive_as_a_lambda_sqs_event(fixture_stack: LocalStack) -> None:
+def test_drained_messages_arrive_as_a_lambda_sqs_event(fixture_stack: LocalStack, work_queue: str) -> None:
     sqs = fixture_stack.aws.client("sqs")
-    queue_url = sqs.get_queue_url(QueueName="FixtureWorkQueue")["QueueUrl"]
+    queue_url = work_queue
     sqs.send_message(
         QueueUrl=queue_url,
         MessageBody='{"n": 1}',
@@ -385,6 +420,26 @@ def test_drained_messages_arrive_as_a_lambda_sqs_event(fixture_stack: LocalStack
     assert record["md5OfBody"] and record["messageId"] and record["receiptHandle"]
     after = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
     assert after["ApproximateNumberOfMessages"] == after["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def test_a_raising_worker_fails_its_whole_batch_and_the_drain_still_ends(
+    fixture_stack: LocalStack, work_queue: str
+) -> None:
+    sqs = fixture_stack.aws.client("sqs")
+    queue_url = work_queue
+    for n in range(3):
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"n": n}))
+    calls: list[int] = []
+
+    def invoke(function_id: str, event: dict[str, Any]) -> None:
+        calls.append(len(event["Records"]))
+        raise RuntimeError("worker bug")
+
+    report = drain_queues(sqs, fixture_stack.server.targets, invoke)
+    assert (report.messages, report.failed) == (3, 3)
+    assert sum(calls) == 3 and max(calls) <= 2, "batches respect BatchSize"
+    after = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    assert after["ApproximateNumberOfMessagesNotVisible"] == "3"
 
 
 def test_local_scheduler_fires_a_daily_cron_at_its_local_minute(

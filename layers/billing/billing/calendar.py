@@ -78,10 +78,12 @@ class Appointment(Record):
     version: int = 1
 
 
-class AppointmentStore(Protocol):
-    def add_appointment(self, practice_id: str, appointment: Appointment) -> None: ...
-
+class AppointmentReader(Protocol):
     def get_appointment(self, practice_id: str, appointment_id: str) -> Appointment | None: ...
+
+
+class AppointmentStore(AppointmentReader, Protocol):
+    def add_appointment(self, practice_id: str, appointment: Appointment) -> None: ...
 
     def replace_appointment(self, practice_id: str, appointment: Appointment, expected_version: int) -> None: ...
 
@@ -105,7 +107,7 @@ def schedule_appointment(
     return appointment
 
 
-def require_appointment(store: AppointmentStore, practice_id: str, appointment_id: str) -> Appointment:
+def require_appointment(store: AppointmentReader, practice_id: str, appointment_id: str) -> Appointment:
     appointment = store.get_appointment(practice_id, appointment_id)
     if appointment is None:
         raise NotFound("appointment", appointment_id)

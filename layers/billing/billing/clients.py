@@ -33,9 +33,11 @@ class Client(ClientDetails):
     created_at: datetime
 
 
-class ClientStore(Protocol):
+class ClientReader(Protocol):
     def get_client(self, practice_id: str, client_id: str) -> Client | None: ...
 
+
+class ClientStore(ClientReader, Protocol):
     def add_client(self, practice_id: str, client: Client) -> None: ...
 
 
@@ -46,7 +48,7 @@ def add_client(store: ClientStore, clock: Clock, practice_id: str, details: Clie
     return client
 
 
-def require_client(store: ClientStore, practice_id: str, client_id: str) -> Client:
+def require_client(store: ClientReader, practice_id: str, client_id: str) -> Client:
     """The practice's client, or NotFound (also for another practice's client)."""
     client = store.get_client(practice_id, client_id)
     if client is None:

@@ -59,3 +59,9 @@ class StaleState(Conflict):
     """What a change was planned from changed before it was committed; re-read and plan again."""
 
     code = "concurrent_change"
+
+
+class ProcessorUnavailable(BillingError):
+    """The card processor could not be reached; retrying with the same Idempotency-Key is safe (HTTP 503)."""
+
+    code = "processor_unavailable"

@@ -95,6 +95,23 @@ class Invoice(Record):
     def past_due(self) -> bool:
         return self.status is InvoiceStatus.PAST_DUE
 
+    def with_payment(self, payment_id: str, amount_cents: int) -> "Invoice":
+        """This invoice with ``amount_cents`` more of ``payment_id`` allocated to it."""
+        if not 0 < amount_cents <= self.balance_cents:
+            raise ValueError("an allocation cannot exceed what the invoice owes")
+        return self._reallocated(payment_id, amount_cents)
+
+    def without_payment(self, payment_id: str, amount_cents: int) -> "Invoice":
+        """This invoice with ``amount_cents`` of ``payment_id``'s allocation taken back (a refund)."""
+        return self._reallocated(payment_id, -amount_cents)
+
+    def _reallocated(self, payment_id: str, delta_cents: int) -> "Invoice":
+        current = sum(a.amount_cents for a in self.allocations if a.payment_id == payment_id)
+        others = [a for a in self.allocations if a.payment_id != payment_id]
+        if current + delta_cents > 0:
+            others.append(InvoiceAllocation(payment_id=payment_id, amount_cents=current + delta_cents))
+        return self.model_copy(update={"allocations": others, "version": self.version + 1})
+
     def reported_on(self, today: date) -> "Invoice":
         """The same invoice with its status reported as of the practice-local ``today``."""
         return self.model_copy(update={"as_of": today})
@@ -135,10 +152,12 @@ class VoidedInvoice:
     payments: list[Payment]  # as they will be: the returned amounts unallocated, version + 1
 
 
-class InvoiceStore(Protocol):
-    def get_practice(self, practice_id: str) -> Practice | None: ...
-
+class InvoiceReader(Protocol):
     def get_invoice(self, practice_id: str, invoice_id: str) -> Invoice | None: ...
+
+
+class InvoiceStore(InvoiceReader, Protocol):
+    def get_practice(self, practice_id: str) -> Practice | None: ...
 
     def get_payment(self, practice_id: str, payment_id: str) -> Payment | None: ...
 
@@ -213,7 +232,7 @@ def plan_invoice(
     return NewInvoice(practice.practice_id, invoice, invoiced, previous_sequence, uses)
 
 
-def require_invoice(store: InvoiceStore, practice_id: str, invoice_id: str) -> Invoice:
+def require_invoice(store: InvoiceReader, practice_id: str, invoice_id: str) -> Invoice:
     invoice = store.get_invoice(practice_id, invoice_id)
     if invoice is None:
         raise NotFound("invoice", invoice_id)

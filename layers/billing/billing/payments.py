@@ -4,11 +4,17 @@ A payment's money is always somewhere: allocated to invoices, unallocated (credi
 ``amount = Σ allocations + unallocated + refunded`` for a succeeded payment.
 """
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
 
-from billing.schema import Record
+from pydantic import AfterValidator, Field, StringConstraints
+
+from billing.errors import Conflict
+from billing.money import PositiveCents
+from billing.schema import ObjectId, Record, RequestModel, ShortText
 
 
 class PaymentMethod(StrEnum):
@@ -20,9 +26,43 @@ class PaymentMethod(StrEnum):
 
 
 class PaymentStatus(StrEnum):
-    PENDING = "pending"
+    PENDING = "pending"  # recorded before the card is charged, so a crash cannot charge twice
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+
+
+def _unique(ids: list[str]) -> list[str]:
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must not repeat")
+    return ids
+
+
+IdempotencyKey = Annotated[str, StringConstraints(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class PaymentRequest(RequestModel):
+    """Body of ``POST /payments``."""
+
+    client_id: ObjectId
+    amount_cents: PositiveCents
+    method: PaymentMethod
+    card_id: ObjectId | None = None
+    reference: ShortText | None = None
+    invoice_ids: Annotated[list[ObjectId], Field(max_length=50), AfterValidator(_unique)] | None = None
+
+
+class AppointmentPaymentRequest(RequestModel):
+    """Body of ``POST /appointments/{id}/invoice-and-payment``: the amount is what the invoice still owes."""
+
+    method: PaymentMethod
+    card_id: ObjectId | None = None
+    reference: ShortText | None = None
+
+
+class RefundRequest(RequestModel):
+    """Body of ``POST /payments/{id}/refunds``; without an amount, everything still refundable."""
+
+    amount_cents: PositiveCents | None = None
 
 
 class PaymentAllocation(Record):
@@ -42,8 +82,24 @@ class Payment(Record):
     refunded_cents: int = 0
     reference: str | None = None
     decline_code: str | None = None
+    failure_message: str | None = None
+    card_id: str | None = None
+    processor_payment_id: str | None = None  # Stripe PaymentIntent
+    processor_charge_id: str | None = None
+    fee_cents: int | None = None
+    disputed_cents: int = 0
+    requested_invoice_ids: list[str] | None = Field(default=None, exclude=True)
+    fingerprint: str = Field(default="", exclude=True)  # the request this payment was made for (idempotency)
     created_at: datetime
     version: int = 1
+
+    @property
+    def refundable_cents(self) -> int:
+        return self.amount_cents - self.refunded_cents if self.status is PaymentStatus.SUCCEEDED else 0
+
+    @property
+    def net_cents(self) -> int:
+        return self.amount_cents - (self.fee_cents or 0) - self.refunded_cents
 
     def with_allocation(self, invoice_id: str, amount_cents: int) -> "Payment":
         """This payment with ``amount_cents`` of its credit applied to ``invoice_id``."""
@@ -94,3 +150,24 @@ def take_credit(credit: list[Payment], invoice_id: str, amount_cents: int) -> li
         uses.append(CreditUse(payment, payment.with_allocation(invoice_id, take), take))
         remaining -= take
     return uses
+
+
+def request_fingerprint(*parts: object) -> str:
+    """A digest of what was asked, to tell a retry (same key, same request) from a misuse (same key, other request)."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def idempotent_id(prefix: str, practice_id: str, idempotency_key: str) -> str:
+    """The object id a keyed request creates: the same practice and key always give the same id (no PHI in it)."""
+    digest = hashlib.sha256(f"{practice_id}\x00{idempotency_key}".encode()).hexdigest()[:32]
+    return f"{prefix}_{digest}"
+
+
+def processor_idempotency_key(object_id: str) -> str:
+    """The key sent to the card processor for an object: derived from our id, stable across retries."""
+    return f"tosb-{object_id}"
+
+
+def check_replay(existing: Payment, fingerprint: str) -> None:
+    if existing.fingerprint != fingerprint:
+        raise Conflict("this Idempotency-Key was already used for a different request", code="idempotency_key_reused")

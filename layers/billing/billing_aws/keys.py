@@ -51,6 +51,22 @@ def invoice_gsi2sk(sequence: int) -> str:
     return f"{INVOICE_GSI2_PREFIX}{sequence:09d}"
 
 
+CARD_GSI2_PREFIX = "CARD#"
+REFUND_GSI2_PREFIX = "REFUND#"
+
+
+def card_sk(card_id: str) -> str:
+    return f"CARD#{card_id}"
+
+
+def refund_sk(refund_id: str) -> str:
+    return f"REFUND#{refund_id}"
+
+
+def timeline_gsi2sk(prefix: str, created_at: str, object_id: str) -> str:
+    return f"{prefix}{created_at}#{object_id}"
+
+
 def payment_gsi2sk(created_at: str, payment_id: str) -> str:
     return f"{PAYMENT_GSI2_PREFIX}{created_at}#{payment_id}"
 

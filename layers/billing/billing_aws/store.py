@@ -7,7 +7,9 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from billing.accounts import Account
+from billing.allocation import Refund, RefundedPayment, SettledPayment
 from billing.calendar import Appointment, AppointmentStatus
+from billing.cards import Card
 from billing.clients import Client
 from billing.errors import Conflict, StaleState
 from billing.invoices import Invoice, NewInvoice, VoidedInvoice
@@ -244,6 +246,7 @@ class BillingStore:
     @staticmethod
     def payment_item(practice_id: str, payment: Payment) -> dict[str, Any]:
         values = model_attributes(payment) | keys.key(practice_id, keys.payment_sk(payment.payment_id))
+        values |= {"fingerprint": payment.fingerprint, "requested_invoice_ids": payment.requested_invoice_ids}
         values |= {
             "kind": "payment",
             "GSI2PK": keys.client_gsi2pk(practice_id, payment.client_id),
@@ -358,4 +361,151 @@ class BillingStore:
                 unallocated_credit_cents=plan.before.paid_cents,
             )
         )
+        self._transact(actions)
+
+    # -- payments: exactly-once steps ---------------------------------------------------------------
+    def start_payment(self, practice_id: str, payment: Payment) -> bool:
+        """Record a pending payment under its idempotent id; False if that id is already taken."""
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item=to_attributes(self.payment_item(practice_id, payment)),
+                ConditionExpression="attribute_not_exists(PK)",
+            )
+            return True
+        except ClientError as error:
+            if is_condition_failure(error):
+                return False
+            raise
+
+    def save_payment(self, practice_id: str, payment: Payment) -> None:
+        """Write a payment whose money did not move (e.g. a decline), if nobody changed it meanwhile."""
+        self._transact([self._versioned_put(self.payment_item(practice_id, payment), payment.version)])
+
+    def commit_settlement(self, plan: SettledPayment) -> None:
+        """The payment succeeded: record it, its allocations, the invoices and the client's totals at once."""
+        pid = plan.practice_id
+        payment = plan.payment
+        actions = [self._versioned_put(self.payment_item(pid, payment), payment.version)]
+        actions += [self._versioned_put(self.invoice_item(pid, i), i.version) for i in plan.invoices]
+        actions.append(
+            self._account_change(
+                pid,
+                payment.client_id,
+                paid_cents=payment.amount_cents,
+                unallocated_credit_cents=payment.unallocated_cents,
+            )
+        )
+        self._transact(actions)
+
+    def payments_of(self, practice_id: str, client_id: str) -> list[Payment]:
+        return [
+            Payment.model_validate(found) for found in self._timeline(practice_id, client_id, keys.PAYMENT_GSI2_PREFIX)
+        ]
+
+    def _timeline(self, practice_id: str, client_id: str, prefix: str) -> Iterator[dict[str, Any]]:
+        return self._query(
+            IndexName="GSI2",
+            KeyConditionExpression="GSI2PK = :pk AND begins_with(GSI2SK, :prefix)",
+            ExpressionAttributeValues={
+                ":pk": to_value(keys.client_gsi2pk(practice_id, client_id)),
+                ":prefix": to_value(prefix),
+            },
+        )
+
+    # -- refunds -----------------------------------------------------------------------------------
+    def refund_item(self, practice_id: str, refund: Refund) -> dict[str, Any]:
+        values = model_attributes(refund) | keys.key(practice_id, keys.refund_sk(refund.refund_id))
+        return values | {
+            "kind": "refund",
+            "GSI2PK": keys.client_gsi2pk(practice_id, refund.client_id),
+            "GSI2SK": keys.timeline_gsi2sk(keys.REFUND_GSI2_PREFIX, values["created_at"], refund.refund_id),
+        }
+
+    def get_refund(self, practice_id: str, refund_id: str) -> Refund | None:
+        found = self._get(practice_id, keys.refund_sk(refund_id))
+        return Refund.model_validate(found) if found else None
+
+    def start_refund(self, practice_id: str, refund: Refund) -> bool:
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item=to_attributes(self.refund_item(practice_id, refund)),
+                ConditionExpression="attribute_not_exists(PK)",
+            )
+            return True
+        except ClientError as error:
+            if is_condition_failure(error):
+                return False
+            raise
+
+    def commit_refund(self, plan: RefundedPayment) -> None:
+        """Record the refund, the payment's and invoices' new allocations and the client's totals at once."""
+        pid = plan.practice_id
+        actions = [
+            self._versioned_put(self.refund_item(pid, plan.refund), plan.refund.version),
+            self._versioned_put(self.payment_item(pid, plan.payment), plan.payment.version),
+        ]
+        actions += [self._versioned_put(self.invoice_item(pid, i), i.version) for i in plan.invoices]
+        actions.append(
+            self._account_change(
+                pid,
+                plan.payment.client_id,
+                refunded_cents=plan.refund.amount_cents,
+                unallocated_credit_cents=-plan.from_credit_cents,
+            )
+        )
+        self._transact(actions)
+
+    # -- cards -------------------------------------------------------------------------------------
+    def cards_of(self, practice_id: str, client_id: str) -> list[Card]:
+        return [Card.model_validate(found) for found in self._timeline(practice_id, client_id, keys.CARD_GSI2_PREFIX)]
+
+    def processor_customer(self, practice_id: str, client_id: str) -> str | None:
+        found = self._get(practice_id, keys.client_sk(client_id)) or {}
+        customer = found.get("processor_customer_id")
+        return str(customer) if customer else None
+
+    def set_processor_customer(self, practice_id: str, client_id: str, customer_id: str) -> None:
+        self._db.update_item(
+            TableName=self._table,
+            Key=to_attributes(keys.key(practice_id, keys.client_sk(client_id))),
+            UpdateExpression="SET processor_customer_id = if_not_exists(processor_customer_id, :customer)",
+            ConditionExpression="attribute_exists(PK)",
+            ExpressionAttributeValues={":customer": to_value(customer_id)},
+        )
+
+    def add_card(self, practice_id: str, card: Card) -> None:
+        values = model_attributes(card) | keys.key(practice_id, keys.card_sk(card.card_id))
+        values |= {
+            "kind": "card",
+            "GSI2PK": keys.client_gsi2pk(practice_id, card.client_id),
+            "GSI2SK": keys.timeline_gsi2sk(keys.CARD_GSI2_PREFIX, values["created_at"], card.card_id),
+        }
+        self._db.put_item(
+            TableName=self._table, Item=to_attributes(values), ConditionExpression="attribute_not_exists(PK)"
+        )
+
+    def remove_card(self, practice_id: str, card: Card, new_default: Card | None) -> None:
+        actions: list[dict[str, Any]] = [
+            {
+                "Delete": {
+                    "TableName": self._table,
+                    "Key": to_attributes(keys.key(practice_id, keys.card_sk(card.card_id))),
+                    "ConditionExpression": "attribute_exists(PK)",
+                }
+            }
+        ]
+        if new_default is not None:
+            actions.append(
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": to_attributes(keys.key(practice_id, keys.card_sk(new_default.card_id))),
+                        "UpdateExpression": "SET is_default = :yes",
+                        "ConditionExpression": "attribute_exists(PK)",
+                        "ExpressionAttributeValues": {":yes": {"BOOL": True}},
+                    }
+                }
+            )
         self._transact(actions)
