@@ -104,12 +104,13 @@ class FunctionHost:
         self._import_lock = threading.RLock()
         self._generation = 0
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, warn: bool = False) -> dict[str, str]:
         """The union of every function's resolved environment (one process serves them all)."""
         merged: dict[str, str] = {}
         for function_id in self.template.functions:
             for name, value in self.resolver.function_environment(function_id).items():
-                if name in merged and merged[name] != value and name != "POWERTOOLS_SERVICE_NAME":
+                conflict = name in merged and merged[name] != value and name != "POWERTOOLS_SERVICE_NAME"
+                if warn and conflict:
                     print(
                         f"local api: {name} differs between functions; using {function_id}'s",
                         file=sys.stderr,
@@ -121,7 +122,7 @@ class FunctionHost:
 
     def apply_environment(self, overrides: Mapping[str, str] | None = None) -> None:
         """Put the functions' environment, then ``overrides``, into ``os.environ``."""
-        os.environ.update(self.environment())
+        os.environ.update(self.environment(warn=True))
         os.environ.update(overrides or {})
         for layer_dir in self.layer_dirs():
             if str(layer_dir) not in sys.path:
@@ -754,6 +755,11 @@ class LocalServer:
                 continue
             try:
                 document = _module_openapi(module)
+            except Exception as error:  # one handler's broken schema must not hide the others'
+                print(f"local api: {function_id} cannot describe its OpenAPI:", file=sys.stderr)
+                traceback.print_exc()
+                unavailable.append(f"{function_id}: {type(error).__name__}: {error}")
+                continue
             finally:
                 self.functions.release(function_id, module)
             if document is not None:

@@ -59,11 +59,24 @@ class LocalStack:
     scheduler: LocalScheduler | None = None
     owns_aws: bool = True
     saved_environment: dict[str, str | None] = field(default_factory=dict, repr=False)
+    applied_environment: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def aws_endpoint(self) -> str:
         """The moto server's URL (also in ``AWS_ENDPOINT_URL``)."""
         return self.aws.endpoint
+
+    def suspend_environment(self) -> None:
+        """Put back the environment from before the stack (e.g. between end-to-end tests).
+
+        Other code in the process, such as moto's in-process mocks, must not see the stack's
+        ``AWS_ENDPOINT_URL``; the handlers already built their clients and keep working.
+        """
+        restore_environment(self.saved_environment)
+
+    def resume_environment(self) -> None:
+        """Apply the stack's environment again after `suspend_environment`."""
+        os.environ.update(self.applied_environment)
 
     def stop(self) -> None:
         """Stop the scheduler, the API, the Stripe emulator and (when it owns it) moto."""
@@ -182,6 +195,7 @@ def start_stack(
             for function_id, error in server.functions.preload().items():
                 _log(f"warning: {function_id} cannot be loaded yet ({error})")
         wait_until_healthy(server.url)
+        stack.applied_environment = {name: os.environ[name] for name in saved if name in os.environ}
         if scheduler:
             stack.scheduler = LocalScheduler(server.targets, server.invoke, aws.client("scheduler"), aws.client("sqs"))
             stack.scheduler.start()

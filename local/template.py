@@ -226,6 +226,8 @@ class Template:
             if not isinstance(code_uri, str) or not isinstance(handler, str):
                 continue  # inline code, images and S3 packages cannot run in-process
             module, _, function = handler.rpartition(".")
+            if not module:
+                continue  # not a Python "module.function" handler
             environment = {
                 **_variables(defaults.get("Environment")),
                 **_variables(props.get("Environment")),
@@ -235,8 +237,8 @@ class Template:
                 code_dir=(self.root / code_uri).resolve(),
                 handler_module=module,
                 handler_function=function,
-                timeout=int(props.get("Timeout", defaults.get("Timeout", 3))),
-                memory_size=int(props.get("MemorySize", defaults.get("MemorySize", 128))),
+                timeout=_number(props.get("Timeout", defaults.get("Timeout")), 3),
+                memory_size=_number(props.get("MemorySize", defaults.get("MemorySize")), 128),
                 environment=environment,
             )
         return specs
@@ -376,6 +378,14 @@ class Template:
     def schedules(self) -> list[ResourceSpec]:
         """EventBridge Scheduler schedules declared statically (most are created at run time)."""
         return [ResourceSpec(key, props) for key, props in self.of_type(SCHEDULE_TYPE).items()]
+
+
+def _number(value: Any, default: int) -> int:
+    """A literal integer property, or Lambda's default when absent or computed by an intrinsic."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
 
 
 def _variables(environment: Any) -> dict[str, Any]:

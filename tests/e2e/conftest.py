@@ -34,7 +34,7 @@ class ApiSession(requests.Session):
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+    def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         """Send a request; a ``url`` starting with ``/`` is relative to the local API."""
         if isinstance(url, bytes):
             url = url.decode()
@@ -75,6 +75,18 @@ def stack() -> Iterator[LocalStack]:
     running = start_stack(port=0, template_path=template, scheduler=False, quiet=True)
     yield running
     running.stop()
+
+
+@pytest.fixture(autouse=True)
+def stack_environment(stack: LocalStack) -> Iterator[None]:
+    """The stack's environment (AWS_ENDPOINT_URL, table names...) only while an end-to-end test runs.
+
+    Tests elsewhere in the same worker process (moto's mock_aws in integration tests) must not send
+    their AWS calls to this stack's moto server.
+    """
+    stack.resume_environment()
+    yield
+    stack.suspend_environment()
 
 
 @pytest.fixture(scope="session")

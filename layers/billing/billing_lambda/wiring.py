@@ -1,6 +1,7 @@
 """Builds the domain's collaborators (store, schedules, clock) from the function's settings."""
 
 from functools import cache
+from typing import TYPE_CHECKING
 
 from billing.errors import NotFound
 from billing.localtime import SystemClock
@@ -10,6 +11,9 @@ from billing_aws.schedules import NightlySchedules
 from billing_aws.store import BillingStore
 from billing_lambda.aws_clients import client
 from billing_lambda.config import CalendarSettings, FunctionSettings, load_settings
+
+if TYPE_CHECKING:
+    from billing_stripe.gateway import StripeGateway
 
 clock = SystemClock()
 
@@ -37,3 +41,11 @@ def nightly_schedules() -> NightlySchedules:
         role_arn=settings.scheduler_role_arn,
         targets={NightlyJob.DAILY_INVOICES: settings.daily_invoices_function_arn},
     )
+
+
+@cache
+def gateway() -> "StripeGateway":
+    """The card processor; imported lazily so functions that never charge do not load the Stripe SDK."""
+    from billing_stripe.gateway import StripeGateway, load_stripe_settings
+
+    return StripeGateway(load_stripe_settings())

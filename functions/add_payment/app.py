@@ -1,0 +1,101 @@
+"""Payments: cards on file, payments (card through the processor, or recorded), time-of-service
+"Create Invoice & Add Payment", refunds, and a client's payment history."""
+
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import TypeAdapter, ValidationError
+
+from billing import cards, paying
+from billing.allocation import Refund
+from billing.cards import Card, CardRequest
+from billing.clients import require_client
+from billing.errors import InvalidRequest
+from billing.invoices import Invoice
+from billing.payments import AppointmentPaymentRequest, IdempotencyKey, Payment, PaymentRequest, RefundRequest
+from billing_lambda import wiring
+from billing_lambda.http import PathId, build_resolver, clinician
+from billing_lambda.observability import logger, metrics, tracer
+
+app = build_resolver()
+_KEY = TypeAdapter(IdempotencyKey)
+
+
+def idempotency_key(required: bool = True) -> str | None:
+    """The request's Idempotency-Key header (8-128 of ``A-Za-z0-9_.:-``); 400 when required and missing."""
+    value = app.current_event.headers.get("idempotency-key")
+    if value is None:
+        if required:
+            raise InvalidRequest("send an Idempotency-Key header with every payment", code="idempotency_key_required")
+        return None
+    try:
+        return _KEY.validate_python(value)
+    except ValidationError as error:
+        raise InvalidRequest("the Idempotency-Key header is malformed", code="invalid_idempotency_key") from error
+
+
+@app.post("/payments", status_code=201, tags=["Payments"], summary="Take or record a payment")
+def post_payment(request: PaymentRequest) -> Payment:
+    practice = wiring.practice(clinician(app).practice_id)
+    key = idempotency_key()
+    assert key is not None
+    payment = paying.take_payment(wiring.store(), wiring.gateway(), wiring.clock, practice, request, key)
+    logger.info("payment recorded", extra={"payment_id": payment.payment_id, "status": payment.status.value})
+    return payment
+
+
+@app.post(
+    "/appointments/<appointment_id>/invoice-and-payment",
+    status_code=201,
+    tags=["Payments"],
+    summary="Create Invoice & Add Payment for a calendar appointment",
+)
+def post_invoice_and_payment(
+    appointment_id: PathId, request: AppointmentPaymentRequest
+) -> dict[str, Invoice | Payment]:
+    practice = wiring.practice(clinician(app).practice_id)
+    key = idempotency_key()
+    assert key is not None
+    done = paying.invoice_and_pay(
+        wiring.store(), wiring.gateway(), wiring.clock, practice, appointment_id, request, key
+    )
+    metrics.add_metric(name="TimeOfServicePayments", unit="Count", value=1)
+    return {"invoice": done.invoice, "payment": done.payment}
+
+
+@app.get("/clients/<client_id>/payments", tags=["Payments"], summary="A client's payments, newest first")
+def list_payments(client_id: PathId) -> dict[str, list[Payment]]:
+    practice_id = clinician(app).practice_id
+    require_client(wiring.store(), practice_id, client_id)
+    payments = sorted(wiring.store().payments_of(practice_id, client_id), key=lambda p: p.created_at, reverse=True)
+    return {"payments": payments}
+
+
+@app.post("/payments/<payment_id>/refunds", status_code=201, tags=["Payments"], summary="Refund all or part")
+def post_refund(payment_id: PathId, request: RefundRequest) -> Refund:
+    practice_id = clinician(app).practice_id
+    key = idempotency_key(required=False)
+    return paying.refund_payment(
+        wiring.store(), wiring.gateway(), wiring.clock, practice_id, payment_id, request.amount_cents, key
+    )
+
+
+@app.post("/clients/<client_id>/cards", status_code=201, tags=["Cards"], summary="Put a card on file")
+def post_card(client_id: PathId, request: CardRequest) -> Card:
+    practice_id = clinician(app).practice_id
+    return cards.add_card(wiring.store(), wiring.gateway(), wiring.clock, practice_id, client_id, request)
+
+
+@app.delete("/clients/<client_id>/cards/<card_id>", tags=["Cards"], summary="Remove a card on file")
+def delete_card(client_id: PathId, card_id: PathId) -> Response:
+    cards.remove_card(wiring.store(), wiring.gateway(), clinician(app).practice_id, client_id, card_id)
+    return Response(status_code=204)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

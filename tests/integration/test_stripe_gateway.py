@@ -1,0 +1,399 @@
+"""The Stripe gateway against the local Stripe emulator, through the real ``stripe`` SDK."""
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from billing.errors import Conflict, InvalidRequest
+from billing_stripe import gateway as gateway_module
+from billing_stripe.gateway import (
+    Card,
+    ChargeOutcome,
+    GatewayUnavailable,
+    StripeGateway,
+    StripeSettings,
+    load_stripe_settings,
+)
+from local.stripe_emulator import StripeEmulator, stripe_fee
+
+WHSEC = "whsec_gateway_test"
+PRACTICE_ID = "prac_0f3a9c"
+CLIENT_ID = "cli_7b21e4"
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[StripeEmulator]:
+    emulator = StripeEmulator(webhook_url=None, webhook_secret=WHSEC)
+    emulator.start(port=0)
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def gateway(emulator: StripeEmulator) -> StripeGateway:
+    emulator.reset()  # each test counts its own PaymentIntents and requests
+    settings = StripeSettings(
+        secret_key=SecretStr("sk_test_gateway"), webhook_secret=SecretStr(WHSEC), api_base=emulator.url
+    )
+    return StripeGateway(settings)
+
+
+def _customer_with(gateway: StripeGateway, token: str = "pm_card_visa", key: str = "cus-key-1") -> tuple[str, Card]:
+    customer_id = gateway.create_customer(PRACTICE_ID, CLIENT_ID, idempotency_key=key)
+    return customer_id, gateway.attach_card(customer_id, token)
+
+
+def _charge(gateway: StripeGateway, customer_id: str, card: Card, key: str, amount: int = 15000) -> ChargeOutcome:
+    return gateway.charge(
+        customer_id=customer_id,
+        payment_method_id=card.payment_method_id,
+        amount_cents=amount,
+        currency="usd",
+        idempotency_key=key,
+        metadata={"practice_id": PRACTICE_ID, "client_id": CLIENT_ID, "payment_id": "pay_01"},
+    )
+
+
+def test_customer_and_card_on_file(gateway: StripeGateway) -> None:
+    customer_id, card = _customer_with(gateway)
+
+    assert customer_id.startswith("cus_")
+    assert card.payment_method_id.startswith("pm_")
+    assert (card.brand, card.last4, card.exp_month) == ("visa", "4242", 12)
+    assert card.exp_year > 2000
+
+
+def test_same_key_makes_one_customer(gateway: StripeGateway) -> None:
+    first = gateway.create_customer(PRACTICE_ID, CLIENT_ID, idempotency_key="cus-same")
+    assert gateway.create_customer(PRACTICE_ID, CLIENT_ID, idempotency_key="cus-same") == first
+
+
+def test_attach_unknown_payment_method_is_invalid(gateway: StripeGateway) -> None:
+    customer_id = gateway.create_customer(PRACTICE_ID, CLIENT_ID, idempotency_key="cus-unknown")
+
+    with pytest.raises(InvalidRequest) as raised:
+        gateway.attach_card(customer_id, "pm_does_not_exist")
+    assert "No such PaymentMethod" in raised.value.message
+
+
+def test_attach_card_declined_at_attach(gateway: StripeGateway) -> None:
+    from billing.errors import PaymentDeclined
+
+    customer_id = gateway.create_customer(PRACTICE_ID, CLIENT_ID, idempotency_key="cus-attach-decline")
+    with pytest.raises(PaymentDeclined) as raised:
+        gateway.attach_card(customer_id, "pm_card_chargeCustomerFail")
+    assert raised.value.decline_code == "generic_decline"
+
+
+def test_detach_twice_is_fine(gateway: StripeGateway) -> None:
+    _, card = _customer_with(gateway)
+
+    gateway.detach_card(card.payment_method_id)
+    gateway.detach_card(card.payment_method_id)
+
+
+def test_charge_succeeds_with_fee(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    customer_id, card = _customer_with(gateway)
+
+    outcome = _charge(gateway, customer_id, card, "charge-ok", amount=15000)
+
+    assert outcome.status == "succeeded"
+    assert outcome.payment_intent_id.startswith("pi_")
+    assert outcome.charge_id is not None and outcome.charge_id.startswith("ch_")
+    assert outcome.fee_cents == stripe_fee(15000)
+    assert outcome.decline_code is None
+    assert outcome.metadata["idempotency_key"] == "charge-ok"
+    assert outcome.metadata["payment_id"] == "pay_01"
+    assert gateway.retrieve_payment_intent(outcome.payment_intent_id) == outcome
+
+
+@pytest.mark.parametrize(
+    ("token", "decline_code"),
+    [
+        ("pm_card_chargeDeclined", "generic_decline"),
+        ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds"),
+        ("pm_card_chargeDeclinedLostCard", "lost_card"),
+        ("pm_card_chargeDeclinedExpiredCard", "expired_card"),
+        ("pm_card_authenticationRequired", "authentication_required"),
+    ],
+)
+def test_declines_are_failed_outcomes(gateway: StripeGateway, token: str, decline_code: str) -> None:
+    customer_id, card = _customer_with(gateway, token)
+
+    outcome = _charge(gateway, customer_id, card, f"decline-{token}")
+
+    assert outcome.status == "failed"
+    assert outcome.decline_code == decline_code
+    assert outcome.payment_intent_id.startswith("pi_")
+    assert outcome.failure_message
+    assert outcome.fee_cents is None
+    # The webhook path reads the same state back.
+    current = gateway.retrieve_payment_intent(outcome.payment_intent_id)
+    assert (current.status, current.decline_code) == ("failed", decline_code)
+
+
+def test_same_key_twice_is_one_payment_intent(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    customer_id, card = _customer_with(gateway)
+
+    first = _charge(gateway, customer_id, card, "charge-twice")
+    second = _charge(gateway, customer_id, card, "charge-twice")
+
+    assert second.payment_intent_id == first.payment_intent_id
+    assert second == first
+    assert len(emulator.payment_intents()) == 1
+
+
+def test_same_key_with_other_parameters_is_a_conflict(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    customer_id, card = _customer_with(gateway)
+    _charge(gateway, customer_id, card, "charge-reused", amount=15000)
+
+    with pytest.raises(Conflict) as raised:
+        _charge(gateway, customer_id, card, "charge-reused", amount=9000)
+    assert raised.value.code == "idempotency_key_reused"
+    assert len(emulator.payment_intents()) == 1
+
+
+def test_lost_answer_is_recovered_by_the_sdk_retry(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    customer_id, card = _customer_with(gateway)
+    emulator.fail_after_success(times=1)
+
+    outcome = _charge(gateway, customer_id, card, "charge-lost-once")
+
+    # max_network_retries=2: the SDK resends with the same key and Stripe replays the success.
+    assert outcome.status == "succeeded"
+    assert len(emulator.payment_intents()) == 1
+    replays = [entry for entry in emulator.request_log() if entry["path"] == "/v1/payment_intents"]
+    assert [(entry["dropped"], entry["replayed"]) for entry in replays] == [(True, False), (False, True)]
+
+
+def test_every_answer_lost_is_unavailable_and_find_charge_recovers(
+    gateway: StripeGateway, emulator: StripeEmulator
+) -> None:
+    customer_id, card = _customer_with(gateway)
+    emulator.fail_after_success(times=3)  # the first attempt and both SDK retries
+
+    with pytest.raises(GatewayUnavailable):
+        _charge(gateway, customer_id, card, "charge-lost")
+
+    assert len(emulator.payment_intents()) == 1
+    found = gateway.find_charge("charge-lost", customer_id)
+    assert found is not None
+    assert found.status == "succeeded"
+    assert found.payment_intent_id == emulator.payment_intents()[0]["id"]
+    assert found.fee_cents == stripe_fee(15000)
+    # The caller's retry with the same key is the same charge, not a second one.
+    assert _charge(gateway, customer_id, card, "charge-lost").payment_intent_id == found.payment_intent_id
+    assert len(emulator.payment_intents()) == 1
+
+
+def test_find_charge_falls_back_to_listing(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    customer_id, card = _customer_with(gateway)
+    made = _charge(gateway, customer_id, card, "charge-listed")
+    _charge(gateway, customer_id, card, "charge-other")
+    emulator.fail_next_request(path_prefix="/v1/payment_intents/search", times=1, status=400, method="GET")
+
+    found = gateway.find_charge("charge-listed", customer_id)
+
+    assert found is not None and found.payment_intent_id == made.payment_intent_id
+    paths = [entry["path"] for entry in emulator.request_log()]
+    assert paths[-2:] == ["/v1/payment_intents/search", "/v1/payment_intents"]
+
+
+def test_find_charge_finds_declines_and_nothing_else(gateway: StripeGateway) -> None:
+    customer_id, card = _customer_with(gateway, "pm_card_chargeDeclinedInsufficientFunds")
+    _charge(gateway, customer_id, card, "charge-declined")
+
+    found = gateway.find_charge("charge-declined", customer_id)
+    assert found is not None and (found.status, found.decline_code) == ("failed", "insufficient_funds")
+    assert gateway.find_charge("never-sent", customer_id) is None
+    assert gateway.find_charge("charge-declined", "cus_someone_else") is None
+
+
+def test_refund_partial_then_rest_then_too_much(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    customer_id, card = _customer_with(gateway)
+    charged = _charge(gateway, customer_id, card, "charge-refunded", amount=10000)
+    metadata = {"practice_id": PRACTICE_ID, "payment_id": "pay_01"}
+
+    partial = gateway.refund(
+        payment_intent_id=charged.payment_intent_id, amount_cents=4000, idempotency_key="ref-1", metadata=metadata
+    )
+    again = gateway.refund(
+        payment_intent_id=charged.payment_intent_id, amount_cents=4000, idempotency_key="ref-1", metadata=metadata
+    )
+    rest = gateway.refund(
+        payment_intent_id=charged.payment_intent_id, amount_cents=6000, idempotency_key="ref-2", metadata=metadata
+    )
+
+    assert (partial.status, partial.amount_cents) == ("succeeded", 4000)
+    assert again == partial  # the same key is the same refund
+    assert (rest.status, rest.amount_cents) == ("succeeded", 6000)
+    assert len(emulator.refunds()) == 2
+    with pytest.raises(Conflict) as raised:
+        gateway.refund(
+            payment_intent_id=charged.payment_intent_id, amount_cents=1, idempotency_key="ref-3", metadata=metadata
+        )
+    assert "already been refunded" in raised.value.message
+
+
+def test_refund_more_than_paid_is_a_conflict(gateway: StripeGateway) -> None:
+    customer_id, card = _customer_with(gateway)
+    charged = _charge(gateway, customer_id, card, "charge-overrefund", amount=10000)
+
+    with pytest.raises(Conflict) as raised:
+        gateway.refund(
+            payment_intent_id=charged.payment_intent_id, amount_cents=10001, idempotency_key="ref-big", metadata={}
+        )
+    assert "greater than unrefunded amount" in raised.value.message
+
+
+def _signed_event(emulator: StripeEmulator, gateway: StripeGateway) -> str:
+    customer_id, card = _customer_with(gateway)
+    _charge(gateway, customer_id, card, "charge-webhook")
+    (event,) = emulator.events("payment_intent.succeeded")
+    return json.dumps(event, indent=2)
+
+
+def test_parse_webhook_accepts_a_signed_event(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    payload = _signed_event(emulator, gateway)
+
+    event = gateway.parse_webhook(payload.encode(), emulator.signature_header(payload))
+
+    assert event == json.loads(payload)
+    assert event["type"] == "payment_intent.succeeded"
+    assert event["data"]["object"]["metadata"]["idempotency_key"] == "charge-webhook"
+
+
+def test_parse_webhook_rejects_a_wrong_signature(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    payload = _signed_event(emulator, gateway)
+
+    for header in (emulator.signature_header(payload, secret="whsec_other"), "", "garbage"):
+        with pytest.raises(InvalidRequest) as raised:
+            gateway.parse_webhook(payload.encode(), header)
+        assert raised.value.code == "invalid_signature"
+    tampered = payload.replace("succeeded", "canceled", 1)
+    with pytest.raises(InvalidRequest) as raised:
+        gateway.parse_webhook(tampered.encode(), emulator.signature_header(payload))
+    assert raised.value.code == "invalid_signature"
+
+
+def test_parse_webhook_rejects_a_stale_timestamp(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    payload = _signed_event(emulator, gateway)
+    now = int(time.time())
+
+    with pytest.raises(InvalidRequest) as raised:
+        gateway.parse_webhook(payload.encode(), emulator.signature_header(payload, timestamp=now - 301))
+    assert raised.value.code == "invalid_signature"
+    # Just inside the tolerance is still fine.
+    assert gateway.parse_webhook(payload.encode(), emulator.signature_header(payload, timestamp=now - 290))
+
+
+def test_load_stripe_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_env")
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_env")
+    monkeypatch.setenv("STRIPE_API_BASE", "http://127.0.0.1:12111")
+    monkeypatch.setenv("STRIPE_SECRET_ID", "ignored-when-the-key-is-set")
+    load_stripe_settings.cache_clear()
+    try:
+        settings = load_stripe_settings()
+        assert settings.secret_key.get_secret_value() == "sk_test_env"
+        assert settings.webhook_secret is not None and settings.webhook_secret.get_secret_value() == "whsec_env"
+        assert settings.api_base == "http://127.0.0.1:12111"
+        assert "sk_test_env" not in repr(settings)
+        assert load_stripe_settings() is settings  # once per container
+    finally:
+        load_stripe_settings.cache_clear()
+
+
+def test_load_stripe_settings_from_secrets_manager(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def get_secret(name: str, **options: Any) -> dict[str, str]:
+        calls.append((name, options))
+        return {"secret_key": "sk_test_secret", "webhook_secret": "whsec_secret"}
+
+    monkeypatch.delenv("STRIPE_SECRET_KEY", raising=False)
+    monkeypatch.delenv("STRIPE_API_BASE", raising=False)
+    monkeypatch.setenv("STRIPE_SECRET_ID", "billing/stripe")
+    monkeypatch.setattr(gateway_module.parameters, "get_secret", get_secret)
+    load_stripe_settings.cache_clear()
+    try:
+        settings = load_stripe_settings()
+        load_stripe_settings()
+    finally:
+        load_stripe_settings.cache_clear()
+
+    assert calls == [("billing/stripe", {"transform": "json", "max_age": 300})]
+    assert settings.secret_key.get_secret_value() == "sk_test_secret"
+    assert settings.api_base is None
+
+
+def test_phi_like_metadata_is_refused_before_stripe(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    customer_id, card = _customer_with(gateway)
+    sent_before = len(emulator.request_log())
+
+    for metadata in ({"client_name": "Jane Doe"}, {"client_id": "Jane Doe"}, {"email": "jane@example.com"}):
+        with pytest.raises(ValueError):
+            gateway.charge(
+                customer_id=customer_id,
+                payment_method_id=card.payment_method_id,
+                amount_cents=1000,
+                currency="usd",
+                idempotency_key="charge-phi",
+                metadata=metadata,
+            )
+    assert len(emulator.request_log()) == sent_before
+
+
+_ALLOWED_PARAMS = {
+    "amount",
+    "automatic_payment_methods",
+    "confirm",
+    "currency",
+    "customer",
+    "expand",
+    "limit",
+    "metadata",
+    "off_session",
+    "payment_intent",
+    "payment_method",
+    "query",
+}
+_OPAQUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
+
+
+def test_no_request_carries_phi(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    customer_id, card = _customer_with(gateway)
+    charged = _charge(gateway, customer_id, card, "charge-audit")
+    declined_customer, declined_card = _customer_with(gateway, "pm_card_chargeDeclined", key="cus-key-2")
+    _charge(gateway, declined_customer, declined_card, "charge-audit-declined")
+    gateway.refund(
+        payment_intent_id=charged.payment_intent_id,
+        amount_cents=500,
+        idempotency_key="ref-audit",
+        metadata={"payment_id": "pay_01"},
+    )
+    gateway.find_charge("charge-audit", customer_id)
+    gateway.detach_card(card.payment_method_id)
+
+    log = emulator.request_log()
+    assert {entry["path"].split("/")[2] for entry in log} == {
+        "customers",
+        "payment_methods",
+        "payment_intents",
+        "refunds",
+    }
+    for entry in log:
+        params = entry["params"]
+        assert set(params) <= _ALLOWED_PARAMS, entry
+        for key, value in params.get("metadata", {}).items():
+            assert key.endswith("_id") or key == "idempotency_key", entry
+            assert _OPAQUE.match(value), entry
+        for forbidden in ("name", "email", "phone", "address", "description", "receipt_email", "shipping"):
+            assert forbidden not in json.dumps(params), entry
+        if entry["method"] == "POST":
+            assert entry["idempotency_key"], entry  # every write is safe to retry
