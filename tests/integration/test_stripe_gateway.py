@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from billing.errors import Conflict, InvalidRequest
+from billing.errors import Conflict, InvalidRequest, PaymentDeclined, ProcessorUnavailable
 from billing_stripe import gateway as gateway_module
 from billing_stripe.gateway import (
     Card,
@@ -82,8 +82,6 @@ def test_attach_unknown_payment_method_is_invalid(gateway: StripeGateway) -> Non
 
 
 def test_attach_card_declined_at_attach(gateway: StripeGateway) -> None:
-    from billing.errors import PaymentDeclined
-
     customer_id = gateway.create_customer(PRACTICE_ID, CLIENT_ID, idempotency_key="cus-attach-decline")
     with pytest.raises(PaymentDeclined) as raised:
         gateway.attach_card(customer_id, "pm_card_chargeCustomerFail")
@@ -177,8 +175,9 @@ def test_every_answer_lost_is_unavailable_and_find_charge_recovers(
     customer_id, card = _customer_with(gateway)
     emulator.fail_after_success(times=3)  # the first attempt and both SDK retries
 
-    with pytest.raises(GatewayUnavailable):
+    with pytest.raises(GatewayUnavailable) as raised:
         _charge(gateway, customer_id, card, "charge-lost")
+    assert isinstance(raised.value, ProcessorUnavailable)  # what the payments domain recovers from
 
     assert len(emulator.payment_intents()) == 1
     found = gateway.find_charge("charge-lost", customer_id)

@@ -20,13 +20,13 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import stripe
 from aws_lambda_powertools.utilities import parameters
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr
 
-from billing.errors import Conflict, InvalidRequest, NotFound, PaymentDeclined
+from billing.errors import Conflict, InvalidRequest, NotFound, PaymentDeclined, ProcessorUnavailable
 
 WEBHOOK_TOLERANCE_SECONDS = 300
 SECRET_MAX_AGE_SECONDS = 300
@@ -46,11 +46,18 @@ _OPAQUE_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,254}$")
 ChargeStatus = Literal["succeeded", "failed", "requires_action"]
 
 
-class GatewayUnavailable(Exception):
+def _charge_status(value: str) -> str:
+    if value not in get_args(ChargeStatus):
+        raise ValueError(f"status must be one of {get_args(ChargeStatus)}")
+    return value
+
+
+class GatewayUnavailable(ProcessorUnavailable):
     """Stripe could not be reached or failed (network, 5xx, 429, key in flight): the outcome is unknown.
 
     Retry with the same idempotency key (Stripe replays the original result), or call
-    ``StripeGateway.find_charge`` to recover a charge made before a crash.
+    ``StripeGateway.find_charge`` to recover a charge made before a crash. It is the domain's
+    ``ProcessorUnavailable`` (HTTP 503), so the payments domain's recovery path catches it.
     """
 
 
@@ -94,8 +101,6 @@ def load_stripe_settings() -> StripeSettings:
 class Card(BaseModel):
     """A card kept on file for a client (what staff and the client may see of it)."""
 
-    model_config = ConfigDict(frozen=True)
-
     payment_method_id: str
     brand: str
     last4: str
@@ -111,9 +116,8 @@ class ChargeOutcome(BaseModel):
     a webhook will tell). ``stripe_status`` is the PaymentIntent's own status.
     """
 
-    model_config = ConfigDict(frozen=True)
-
-    status: ChargeStatus
+    # Typed ``str`` (validated against ChargeStatus) so it matches the domain's ChargeResult protocol.
+    status: Annotated[str, AfterValidator(_charge_status)]
     payment_intent_id: str
     charge_id: str | None = None
     decline_code: str | None = None
@@ -127,8 +131,6 @@ class ChargeOutcome(BaseModel):
 
 class Refund(BaseModel):
     """A refund as Stripe recorded it (``status``: ``succeeded``, ``pending``, ``failed``, ...)."""
-
-    model_config = ConfigDict(frozen=True)
 
     refund_id: str
     status: str
@@ -480,3 +482,11 @@ def _stripe_details(error: stripe.StripeError) -> list[dict[str, Any]]:
 
 def _invalid_request(error: stripe.StripeError) -> InvalidRequest:
     return InvalidRequest(_message(error), details=_stripe_details(error))
+
+
+if TYPE_CHECKING:
+    from billing.gateway import PaymentGateway
+
+    def _conforms(gateway: StripeGateway) -> PaymentGateway:
+        # mypy proves here that the adapter satisfies the domain's PaymentGateway protocol.
+        return gateway
