@@ -125,6 +125,28 @@ def wait_until_healthy(url: str, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+def _configure_stripe(stack: LocalStack) -> dict[str, str]:
+    """Start the emulator unless a real test key is set; returns the Stripe environment to apply."""
+    overrides: dict[str, str] = {}
+    if uses_real_stripe():
+        _log("using the real Stripe test mode from STRIPE_SECRET_KEY (no emulator)")
+        overrides["STRIPE_SECRET_KEY"] = os.environ["STRIPE_SECRET_KEY"]
+    else:
+        stack.stripe, stripe_url = _start_emulator(f"{stack.url}/webhooks/stripe")
+        if stripe_url:
+            overrides.update(
+                STRIPE_SECRET_KEY=EMULATOR_SECRET_KEY,
+                STRIPE_API_BASE=stripe_url,
+                STRIPE_WEBHOOK_SECRET=EMULATOR_WEBHOOK_SECRET,
+            )
+    if STRIPE_SECRET_ID in stack.template.resources and "STRIPE_SECRET_KEY" in overrides:
+        # Handlers reading the StripeSecret (STRIPE_SECRET_ID) get the same keys as the environment.
+        webhook_secret = overrides.get("STRIPE_WEBHOOK_SECRET", os.environ.get("STRIPE_WEBHOOK_SECRET", ""))
+        secret = {"secret_key": overrides["STRIPE_SECRET_KEY"], "webhook_secret": webhook_secret}
+        put_secret(stack.aws, stack.resolver.physical_name(STRIPE_SECRET_ID), secret)
+    return overrides
+
+
 def start_stack(
     port: int = 0,
     *,
@@ -158,26 +180,7 @@ def start_stack(
             aws.stop()
             restore_environment(saved)
         raise
-    overrides: dict[str, str] = {}
-    emulator: Any | None = None
-    if stripe and uses_real_stripe():
-        _log("using the real Stripe test mode from STRIPE_SECRET_KEY (no emulator)")
-        overrides["STRIPE_SECRET_KEY"] = os.environ["STRIPE_SECRET_KEY"]
-    elif stripe:
-        emulator, stripe_url = _start_emulator(f"{server.url}/webhooks/stripe")
-        if stripe_url:
-            overrides.update(
-                STRIPE_SECRET_KEY=EMULATOR_SECRET_KEY,
-                STRIPE_API_BASE=stripe_url,
-                STRIPE_WEBHOOK_SECRET=EMULATOR_WEBHOOK_SECRET,
-            )
-    if STRIPE_SECRET_ID in template.resources and "STRIPE_SECRET_KEY" in overrides:
-        secret = {
-            "secret_key": overrides["STRIPE_SECRET_KEY"],
-            "webhook_secret": overrides.get("STRIPE_WEBHOOK_SECRET", os.environ.get("STRIPE_WEBHOOK_SECRET", "")),
-        }
-        put_secret(aws, resolver.physical_name(STRIPE_SECRET_ID), secret)
-    names = {*server.functions.environment(), *overrides, *_STRIPE_VARIABLES}
+    names = {*server.functions.environment(), *_STRIPE_VARIABLES}
     saved.update({name: os.environ.get(name) for name in names if name not in saved})
     stack = LocalStack(
         url=server.url,
@@ -185,11 +188,11 @@ def start_stack(
         server=server,
         template=template,
         resolver=resolver,
-        stripe=emulator,
         owns_aws=owns_aws,
         saved_environment=saved,
     )
     try:
+        overrides = _configure_stripe(stack) if stripe else {}
         server.start(overrides)
         if preload:
             for function_id, error in server.functions.preload().items():

@@ -89,7 +89,7 @@ def post_card(client_id: PathId, request: CardRequest) -> Card:
 
 
 @app.delete("/clients/<client_id>/cards/<card_id>", tags=["Cards"], summary="Remove a card on file")
-def delete_card(client_id: PathId, card_id: PathId) -> Response:
+def delete_card(client_id: PathId, card_id: PathId):  # returns a bare Response: it is not a pydantic model
     cards.remove_card(wiring.store(), wiring.gateway(), clinician(app).practice_id, client_id, card_id)
     return Response(status_code=204)
 

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from billing.calendar import Appointment
+from billing.cards import Card
 from billing.clients import ClientStore, require_client
 from billing.invoices import Invoice
 from billing.localtime import local_date
@@ -67,12 +68,14 @@ class BillingOverview(BaseModel):
     uninvoiced_cents: int
     unpaid_invoices: list[UnpaidInvoice]
     uninvoiced_appointments: list[UninvoicedAppointment]
-    cards: list[dict[str, Any]]
+    cards: list[Card]
     autopay: AutoPayState
     as_of: datetime
 
 
 class AccountStore(ClientStore, Protocol):
+    def cards_of(self, practice_id: str, client_id: str) -> list[Card]: ...
+
     def invoices_of(self, practice_id: str, client_id: str) -> list[Invoice]: ...
 
     def get_account(self, practice_id: str, client_id: str) -> Account: ...
@@ -113,7 +116,7 @@ def billing_overview(store: AccountStore, now: datetime, practice: Practice, cli
             )
             for a in uninvoiced
         ],
-        cards=[],
+        cards=store.cards_of(practice_id, client_id),
         autopay=AutoPayState(),
         as_of=now,
     )

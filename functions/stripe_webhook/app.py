@@ -1,0 +1,79 @@
+"""Stripe webhooks: verify the signature on the raw body, handle each event id once, reconcile with the
+PaymentIntent's current state (so duplicated, late or out-of-order deliveries all end the same way)."""
+
+import base64
+import os
+from http import HTTPStatus
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from billing import reconciliation
+from billing_lambda import wiring
+from billing_lambda.http import build_resolver, error_response
+from billing_lambda.observability import logger, metrics, tracer
+
+app = build_resolver()
+# One record per Stripe event id. Powertools deletes the record when handling raises, so Stripe's retry of
+# a failed delivery is handled again; a concurrent duplicate gets 409 and Stripe retries it later.
+_events = DynamoDBPersistenceLayer(table_name=os.environ.get("IDEMPOTENCY_TABLE_NAME", "IdempotencyTable"))
+_once_per_event = IdempotencyConfig(event_key_jmespath="id", expires_after_seconds=30 * 24 * 3600)
+
+
+def _raw_body() -> bytes:
+    event = app.current_event
+    body = event.body or ""
+    return base64.b64decode(body) if event.is_base64_encoded else body.encode()
+
+
+@idempotent_function(data_keyword_argument="stripe_event", config=_once_per_event, persistence_store=_events)
+def handle_event(stripe_event: dict[str, Any]) -> dict[str, str]:
+    """Reconcile one verified event; the result is remembered under the event id."""
+    kind = str(stripe_event.get("type"))
+    source = (stripe_event.get("data") or {}).get("object") or {}
+    payment_intent_id = source.get("id") if kind.startswith("payment_intent.") else source.get("payment_intent")
+    if not payment_intent_id:
+        return {"event": kind, "outcome": "ignored"}
+    current = wiring.gateway().retrieve_payment_intent(str(payment_intent_id))
+    practice_id, payment_id = current.metadata.get("practice_id"), current.metadata.get("payment_id")
+    if not practice_id or not payment_id:
+        return {"event": kind, "outcome": reconciliation.Reconciled.UNKNOWN_PAYMENT.value}
+    store = wiring.store()
+    if kind in ("payment_intent.succeeded", "payment_intent.payment_failed"):
+        outcome = reconciliation.reconcile_charge(store, practice_id, payment_id, current)
+    elif kind == "charge.refunded":
+        refunded = int(source.get("amount_refunded") or 0)
+        outcome = reconciliation.reconcile_refunds(
+            store, practice_id, payment_id, refunded, str(stripe_event.get("id")), wiring.clock.now()
+        )
+    elif kind == "charge.dispute.created":
+        outcome = reconciliation.record_dispute(store, practice_id, payment_id, int(source.get("amount") or 0))
+    else:
+        return {"event": kind, "outcome": "ignored"}
+    logger.info("stripe event reconciled", extra={"event_type": kind, "payment_id": payment_id, "outcome": outcome})
+    metrics.add_metric(name=f"Webhook_{outcome.value}", unit="Count", value=1)
+    return {"event": kind, "outcome": outcome.value}
+
+
+@app.post("/webhooks/stripe", tags=["Webhooks"], summary="Stripe events (signed; no JWT)")
+def post_stripe_event():  # returns a bare Response: it is not a pydantic model
+    stripe_event = wiring.gateway().parse_webhook(_raw_body(), app.current_event.headers.get("stripe-signature", ""))
+    try:
+        return handle_event(stripe_event=stripe_event)
+    except IdempotencyAlreadyInProgressError:
+        return error_response(HTTPStatus.CONFLICT, "event_in_progress", "this event is being handled; retry later")
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    _once_per_event.register_lambda_context(context)
+    return app.resolve(event, context)

@@ -1,0 +1,342 @@
+"""Payments over real HTTP with the Stripe emulator: time-of-service payments, exactly-once, refunds, webhooks."""
+
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+import requests
+
+from billing_aws.store import BillingStore
+from local.stack import LocalStack
+from tests.e2e.conftest import Api, ApiSession
+
+
+def _key() -> dict[str, str]:
+    return {"Idempotency-Key": f"key-{uuid.uuid4().hex}"}
+
+
+def _practice(api: Api, creation: str = "manual") -> ApiSession:
+    session = api.as_practice()
+    settings = {"name": "Pay Practice", "timezone": "America/Chicago", "invoice_creation": creation}
+    assert session.put("/practice", json=settings).status_code == 200
+    return session
+
+
+def _client(session: ApiSession, card: str | None = None) -> str:
+    client_id = str(session.post("/clients", json={"first_name": "Pat", "last_name": "Client"}).json()["client_id"])
+    if card:
+        response = session.post(f"/clients/{client_id}/cards", json={"payment_method_id": card})
+        assert response.status_code == 201, response.text
+    return client_id
+
+
+def _appointment(session: ApiSession, client_id: str, fee: int = 15000, day: int = 20) -> str:
+    response = session.post(
+        "/appointments",
+        json={
+            "client_id": client_id,
+            "starts_at": f"2026-11-{day:02d}T16:00:00Z",
+            "duration_minutes": 50,
+            "service_code": "90837",
+            "fee_cents": fee,
+            "status": "show",
+        },
+    )
+    return str(response.json()["appointment_id"])
+
+
+def _invoice(session: ApiSession, client_id: str, fee: int, day: int = 20) -> dict[str, Any]:
+    appointment = _appointment(session, client_id, fee, day)
+    response = session.post("/invoices", json={"client_id": client_id, "appointment_ids": [appointment]})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def _overview(session: ApiSession, client_id: str) -> dict[str, Any]:
+    return dict(session.get(f"/clients/{client_id}/billing-overview").json())
+
+
+def _intents_for(stack: LocalStack, payment_id: str) -> list[dict[str, Any]]:
+    assert stack.stripe is not None
+    return [pi for pi in stack.stripe.payment_intents() if pi.get("metadata", {}).get("payment_id") == payment_id]
+
+
+def test_cards_on_file_store_only_brand_last4_and_expiry(api: Api) -> None:
+    session = _practice(api)
+    client_id = _client(session)
+    first = session.post(f"/clients/{client_id}/cards", json={"payment_method_id": "pm_card_visa"}).json()
+    second = session.post(f"/clients/{client_id}/cards", json={"payment_method_id": "pm_card_mastercard"}).json()
+    assert (first["brand"], first["last4"], first["is_default"]) == ("visa", "4242", True)
+    assert (second["brand"], second["is_default"]) == ("mastercard", False)
+    assert session.delete(f"/clients/{client_id}/cards/{first['card_id']}").status_code == 204
+    cards = _overview(session, client_id)["cards"]
+    assert [(c["card_id"], c["is_default"]) for c in cards] == [(second["card_id"], True)]
+    assert session.post(f"/clients/{client_id}/cards", json={"payment_method_id": "tok_visa"}).status_code == 422
+
+
+def test_create_invoice_and_charge_the_card_on_file(api: Api, stack: LocalStack) -> None:
+    session = _practice(api)
+    client_id = _client(session, card="pm_card_visa")
+    appointment = _appointment(session, client_id)
+    response = session.post(
+        f"/appointments/{appointment}/invoice-and-payment", json={"method": "card_on_file"}, headers=_key()
+    )
+    assert response.status_code == 201, response.text
+    invoice, payment = response.json()["invoice"], response.json()["payment"]
+    assert invoice["status"] == "paid" and invoice["balance_cents"] == 0 and invoice["paid_cents"] == 15000
+    assert payment["status"] == "succeeded" and payment["amount_cents"] == 15000
+    assert payment["allocations"] == [{"invoice_id": invoice["invoice_id"], "amount_cents": 15000}]
+    assert len(_intents_for(stack, payment["payment_id"])) == 1
+    assert _overview(session, client_id)["balance_cents"] == 0
+
+
+def test_create_invoice_and_record_cash_without_stripe(api: Api, stack: LocalStack) -> None:
+    session = _practice(api)
+    client_id = _client(session)
+    appointment = _appointment(session, client_id, fee=9000)
+    response = session.post(f"/appointments/{appointment}/invoice-and-payment", json={"method": "cash"}, headers=_key())
+    assert response.status_code == 201, response.text
+    assert response.json()["invoice"]["status"] == "paid"
+    assert _intents_for(stack, response.json()["payment"]["payment_id"]) == []
+    assert _overview(session, client_id)["balance_cents"] == 0
+
+
+@pytest.mark.parametrize(
+    ("card", "decline_code"),
+    [
+        ("pm_card_chargeDeclined", "generic_decline"),
+        ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds"),
+        ("pm_card_authenticationRequired", "authentication_required"),
+    ],
+)
+def test_a_declined_card_is_402_with_the_decline_code_and_changes_no_balance(
+    api: Api, card: str, decline_code: str
+) -> None:
+    session = _practice(api)
+    client_id = _client(session, card=card)
+    appointment = _appointment(session, client_id)
+    response = session.post(
+        f"/appointments/{appointment}/invoice-and-payment", json={"method": "card_on_file"}, headers=_key()
+    )
+    assert response.status_code == 402
+    assert response.json()["decline_code"] == decline_code
+    invoices = session.get(f"/clients/{client_id}/invoices").json()["invoices"]
+    assert [i["status"] for i in invoices] == ["unpaid"]
+    payments = session.get(f"/clients/{client_id}/payments").json()["payments"]
+    assert [(p["status"], p["decline_code"]) for p in payments] == [("failed", decline_code)]
+    assert _overview(session, client_id)["balance_cents"] == 15000
+
+
+def test_payments_need_an_idempotency_key_and_a_reused_key_must_match(api: Api) -> None:
+    session = _practice(api)
+    client_id = _client(session)
+    body = {"client_id": client_id, "amount_cents": 1000, "method": "cash"}
+    missing = session.post("/payments", json=body)
+    assert missing.status_code == 400 and missing.json()["error"]["code"] == "idempotency_key_required"
+    key = _key()
+    assert session.post("/payments", json=body, headers=key).status_code == 201
+    reused = session.post("/payments", json=body | {"amount_cents": 2000}, headers=key)
+    assert reused.status_code == 409 and reused.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_the_same_payment_sent_five_times_charges_once(api: Api, stack: LocalStack) -> None:
+    session = _practice(api)
+    client_id = _client(session, card="pm_card_visa")
+    _invoice(session, client_id, 15000)
+    body = {"client_id": client_id, "amount_cents": 15000, "method": "card_on_file"}
+    sequential = _key()
+    answers = [session.post("/payments", json=body, headers=sequential) for _ in range(5)]
+    assert {a.status_code for a in answers} == {201}
+    assert len({a.json()["payment_id"] for a in answers}) == 1
+
+    concurrent = _key()
+    _invoice(session, client_id, 15000, day=21)
+    results: list[requests.Response] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        own = ApiSession(session.base_url)
+        own.headers.update(session.headers)
+        response = own.post("/payments", json=body, headers=concurrent)
+        with lock:
+            results.append(response)
+
+    threads = [threading.Thread(target=send) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ok = [r for r in results if r.status_code == 201]
+    assert ok and all(r.status_code in (201, 409) for r in results), [r.text for r in results]
+    assert len({r.json()["payment_id"] for r in ok}) == 1
+    for answer in (answers[0], ok[0]):
+        assert len(_intents_for(stack, answer.json()["payment_id"])) == 1
+    payments = session.get(f"/clients/{client_id}/payments").json()["payments"]
+    assert len(payments) == 2 and _overview(session, client_id)["balance_cents"] == 0
+
+
+def test_a_crash_after_stripe_charged_and_before_the_write_is_healed_by_the_retry(
+    api: Api, stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = _practice(api)
+    client_id = _client(session, card="pm_card_visa")
+    invoice = _invoice(session, client_id, 12000)
+    original = BillingStore.commit_settlement
+    crashes = {"left": 1}
+
+    def crash_once(self: BillingStore, plan: Any) -> None:
+        if crashes["left"]:
+            crashes["left"] -= 1
+            raise RuntimeError("the Lambda died here")  # after Stripe succeeded, before DynamoDB recorded it
+        original(self, plan)
+
+    monkeypatch.setattr(BillingStore, "commit_settlement", crash_once)
+    stack.stripe.deliver_webhooks = False  # type: ignore[union-attr]  # only the retry may heal it here
+    try:
+        body = {"client_id": client_id, "amount_cents": 12000, "method": "card_on_file"}
+        key = _key()
+        first = session.post("/payments", json=body, headers=key)
+        assert first.status_code == 500
+        retry = session.post("/payments", json=body, headers=key)
+        assert retry.status_code == 201, retry.text
+    finally:
+        stack.stripe.deliver_webhooks = True  # type: ignore[union-attr]
+    payment_id = retry.json()["payment_id"]
+    assert len(_intents_for(stack, payment_id)) == 1
+    assert [p["payment_id"] for p in session.get(f"/clients/{client_id}/payments").json()["payments"]] == [payment_id]
+    assert session.get(f"/invoices/{invoice['invoice_id']}").json()["status"] == "paid"
+
+
+def test_partial_payments_overpayment_credit_and_refunds_keep_the_balance_formula(api: Api) -> None:
+    session = _practice(api)
+    client_id = _client(session, card="pm_card_visa")
+    first = _invoice(session, client_id, 10000, day=10)
+    part = session.post(
+        "/payments", json={"client_id": client_id, "amount_cents": 4000, "method": "check"}, headers=_key()
+    ).json()
+    assert session.get(f"/invoices/{first['invoice_id']}").json()["status"] == "partially_paid"
+    over = session.post(
+        "/payments", json={"client_id": client_id, "amount_cents": 9000, "method": "card_on_file"}, headers=_key()
+    ).json()
+    assert over["unallocated_cents"] == 3000
+    overview = _overview(session, client_id)
+    assert overview["balance_cents"] == -3000 and overview["unallocated_credit_cents"] == 3000
+    second = _invoice(session, client_id, 5000, day=11)
+    assert second["paid_cents"] == 3000 and second["status"] == "partially_paid"  # credit applied at once
+    refund = session.post(f"/payments/{over['payment_id']}/refunds", json={"amount_cents": 2000})
+    assert refund.status_code == 201, refund.text
+    assert session.get(f"/invoices/{second['invoice_id']}").json()["balance_cents"] == 4000
+    rest = session.post(f"/payments/{over['payment_id']}/refunds", json={})
+    assert rest.status_code == 201 and rest.json()["amount_cents"] == 7000
+    too_much = session.post(f"/payments/{part['payment_id']}/refunds", json={"amount_cents": 4001})
+    assert too_much.status_code == 409 and too_much.json()["error"]["code"] == "refund_exceeds_refundable"
+    overview = _overview(session, client_id)
+    # balance = Σ live invoice totals - Σ succeeded payments + Σ refunds
+    assert overview["balance_cents"] == 15000 - 13000 + 9000
+    assert overview["balance_cents"] == overview["unpaid_invoices_cents"] - overview["unallocated_credit_cents"]
+    assert session.get(f"/invoices/{first['invoice_id']}").json()["status"] == "partially_paid"
+
+
+def _signed(stack: LocalStack, event: dict[str, Any], timestamp: int | None = None, secret: str | None = None):
+    payload = json.dumps(event)
+    header = stack.stripe.signature_header(payload, timestamp or int(time.time()), secret)  # type: ignore[union-attr]
+    return payload, {"Stripe-Signature": header, "content-type": "application/json"}
+
+
+def _event(kind: str, source: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "type": kind,
+        "created": int(time.time()),
+        "api_version": "2024-06-20",
+        "livemode": False,
+        "data": {"object": source},
+    }
+
+
+def test_webhooks_are_verified_deduplicated_and_reconciled_from_current_state(api: Api, stack: LocalStack) -> None:
+    session = _practice(api)
+    client_id = _client(session, card="pm_card_visa")
+    invoice = _invoice(session, client_id, 8000)
+    payment = session.post(
+        "/payments", json={"client_id": client_id, "amount_cents": 8000, "method": "card_on_file"}, headers=_key()
+    ).json()
+    intent = _intents_for(stack, payment["payment_id"])[0]
+    succeeded = _event("payment_intent.succeeded", intent)
+    body, headers = _signed(stack, succeeded)
+    first = api.post("/webhooks/stripe", data=body, headers=headers)
+    assert first.status_code == 200 and first.json()["outcome"] == "already_recorded"
+    duplicate = api.post("/webhooks/stripe", data=body, headers=headers)
+    assert duplicate.status_code == 200 and duplicate.json() == first.json()
+    # A late "payment_failed" for the same intent: the intent's current state says succeeded; nothing changes.
+    late_failure = _event("payment_intent.payment_failed", intent | {"status": "requires_payment_method"})
+    body, headers = _signed(stack, late_failure)
+    assert api.post("/webhooks/stripe", data=body, headers=headers).json()["outcome"] == "already_recorded"
+    assert session.get(f"/invoices/{invoice['invoice_id']}").json()["status"] == "paid"
+    # Forged and stale signatures are refused and change nothing.
+    body, headers = _signed(stack, _event("charge.refunded", {"payment_intent": intent["id"]}), secret="whsec_forged")
+    assert api.post("/webhooks/stripe", data=body, headers=headers).status_code == 400
+    body, headers = _signed(stack, _event("payment_intent.succeeded", intent), timestamp=int(time.time()) - 301)
+    assert api.post("/webhooks/stripe", data=body, headers=headers).status_code == 400
+    assert api.post("/webhooks/stripe", data=body, headers={"content-type": "application/json"}).status_code == 400
+
+
+def test_refunds_and_disputes_made_at_stripe_are_reconciled(api: Api, stack: LocalStack) -> None:
+    session = _practice(api)
+    client_id = _client(session, card="pm_card_visa")
+    invoice = _invoice(session, client_id, 6000)
+    payment = session.post(
+        "/payments", json={"client_id": client_id, "amount_cents": 6000, "method": "card_on_file"}, headers=_key()
+    ).json()
+    intent = _intents_for(stack, payment["payment_id"])[0]
+    charge = {
+        "id": intent["latest_charge"] if isinstance(intent["latest_charge"], str) else intent["latest_charge"]["id"],
+        "object": "charge",
+        "payment_intent": intent["id"],
+        "amount": 6000,
+        "amount_refunded": 2500,
+    }
+    body, headers = _signed(stack, _event("charge.refunded", charge))
+    assert api.post("/webhooks/stripe", data=body, headers=headers).json()["outcome"] == "refund_recorded"
+    assert session.get(f"/invoices/{invoice['invoice_id']}").json()["balance_cents"] == 2500
+    body, headers = _signed(stack, _event("charge.refunded", charge))  # another event id, same state
+    assert api.post("/webhooks/stripe", data=body, headers=headers).json()["outcome"] == "already_recorded"
+    dispute = {
+        "id": "dp_1",
+        "object": "dispute",
+        "charge": charge["id"],
+        "payment_intent": intent["id"],
+        "amount": 3500,
+    }
+    body, headers = _signed(stack, _event("charge.dispute.created", dispute))
+    assert api.post("/webhooks/stripe", data=body, headers=headers).json()["outcome"] == "dispute_recorded"
+    listed = session.get(f"/clients/{client_id}/payments").json()["payments"]
+    assert listed[0]["disputed_cents"] == 3500 and listed[0]["refunded_cents"] == 2500
+
+
+def test_a_pending_card_payment_is_settled_by_the_succeeded_webhook(
+    api: Api, stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = _practice(api)
+    client_id = _client(session, card="pm_card_visa")
+    invoice = _invoice(session, client_id, 7000)
+
+    def lost(self: BillingStore, plan: Any) -> None:
+        raise RuntimeError("the Lambda died here")
+
+    monkeypatch.setattr(BillingStore, "commit_settlement", lost)
+    stack.stripe.deliver_webhooks = False  # type: ignore[union-attr]
+    body = {"client_id": client_id, "amount_cents": 7000, "method": "card_on_file"}
+    assert session.post("/payments", json=body, headers=_key()).status_code == 500
+    monkeypatch.undo()
+    stack.stripe.deliver_webhooks = True  # type: ignore[union-attr]
+    pending = session.get(f"/clients/{client_id}/payments").json()["payments"][0]
+    assert pending["status"] == "pending"
+    intent = _intents_for(stack, pending["payment_id"])[0]
+    event_body, headers = _signed(stack, _event("payment_intent.succeeded", intent))
+    assert api.post("/webhooks/stripe", data=event_body, headers=headers).json()["outcome"] == "settled"
+    assert session.get(f"/invoices/{invoice['invoice_id']}").json()["status"] == "paid"
