@@ -19,7 +19,9 @@ from typing import Any
 
 import boto3
 from botocore.exceptions import ClientError
-from moto.server import ThreadedMotoServer
+from moto.moto_server.threaded_moto_server import MotoRequestHandler
+from moto.server import DomainDispatcherApplication, ThreadedMotoServer, create_backend_app
+from werkzeug.serving import make_server
 
 from local.template import DEFAULT_REGION, Resolver, Template
 
@@ -41,6 +43,27 @@ _QUEUE_ATTRIBUTES = (
     "DeduplicationScope",
     "FifoThroughputLimit",
 )
+
+
+class SerialisedMotoServer(ThreadedMotoServer):
+    """moto's server, answering one request at a time.
+
+    moto checks a TransactWriteItems' conditions and then writes without a lock, so two concurrent
+    transactions can both pass the same condition (two invoices with one number). DynamoDB never allows
+    that; serving requests one at a time gives back the serialisability the exactly-once code relies on.
+    """
+
+    def _server_entry(self) -> None:
+        app = DomainDispatcherApplication(create_backend_app)
+        lock = threading.Lock()
+
+        def serialised(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+            with lock:
+                return list(app(environ, start_response))
+
+        self._server = make_server(self._ip_address, self._port, serialised, True, request_handler=MotoRequestHandler)
+        self._server_ready_event.set()
+        self._server.serve_forever()
 
 
 @dataclass
@@ -98,7 +121,7 @@ def restore_environment(previous: dict[str, str | None]) -> None:
 def start_moto(region: str | None = None) -> LocalAws:
     """Start moto on a free port of 127.0.0.1 and configure the environment for it."""
     region = region or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = SerialisedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
