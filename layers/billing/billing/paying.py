@@ -154,27 +154,13 @@ def _complete(store: PaymentStore, gateway: PaymentGateway, practice_id: str, pa
     if payment.method is PaymentMethod.CARD_ON_FILE and payment.processor_payment_id is None:
         result = _charge(store, gateway, practice_id, payment)
         if result.status != "succeeded":
-            failed = payment.model_copy(
-                update={
-                    "status": PaymentStatus.FAILED,
-                    "decline_code": result.decline_code or result.status,
-                    "failure_message": result.failure_message,
-                    "processor_payment_id": result.payment_intent_id,
-                    "version": payment.version + 1,
-                }
-            )
+            failed = payment.failed(result)
             try:
                 store.save_payment(practice_id, failed)
             except StaleState:
                 return _replay(_stored_payment(store, practice_id, payment.payment_id))
             raise _declined(failed)
-        payment = payment.model_copy(
-            update={
-                "processor_payment_id": result.payment_intent_id,
-                "processor_charge_id": result.charge_id,
-                "fee_cents": result.fee_cents,
-            }
-        )
+        payment = payment.charged(result)
     return settle(store, practice_id, payment)
 
 

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, StringConstraints
 
 from billing.errors import Conflict
+from billing.gateway import ChargeResult
 from billing.money import PositiveCents
 from billing.schema import ObjectId, Record, RequestModel, ShortText
 
@@ -100,6 +101,28 @@ class Payment(Record):
     @property
     def net_cents(self) -> int:
         return self.amount_cents - (self.fee_cents or 0) - self.refunded_cents
+
+    def failed(self, result: "ChargeResult") -> "Payment":
+        """This pending payment as declined by the processor (no money moved, so no balance changes)."""
+        return self.model_copy(
+            update={
+                "status": PaymentStatus.FAILED,
+                "decline_code": result.decline_code or "generic_decline",
+                "failure_message": result.failure_message,
+                "processor_payment_id": result.payment_intent_id,
+                "version": self.version + 1,
+            }
+        )
+
+    def charged(self, result: "ChargeResult") -> "Payment":
+        """This pending payment with the processor's record of the successful charge."""
+        return self.model_copy(
+            update={
+                "processor_payment_id": result.payment_intent_id,
+                "processor_charge_id": result.charge_id,
+                "fee_cents": result.fee_cents,
+            }
+        )
 
     def with_allocation(self, invoice_id: str, amount_cents: int) -> "Payment":
         """This payment with ``amount_cents`` of its credit applied to ``invoice_id``."""

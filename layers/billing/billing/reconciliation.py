@@ -34,25 +34,10 @@ def reconcile_charge(store: PaymentStore, practice_id: str, payment_id: str, cur
         return Reconciled.UNKNOWN_PAYMENT
     if payment.status is PaymentStatus.PENDING:
         if current.status == "succeeded":
-            charged = payment.model_copy(
-                update={
-                    "processor_payment_id": current.payment_intent_id,
-                    "processor_charge_id": current.charge_id,
-                    "fee_cents": current.fee_cents,
-                }
-            )
-            settle(store, practice_id, charged)
+            settle(store, practice_id, payment.charged(current))
             return Reconciled.SETTLED
         if current.status == "failed":
-            failed = payment.model_copy(
-                update={
-                    "status": PaymentStatus.FAILED,
-                    "decline_code": current.decline_code or "generic_decline",
-                    "failure_message": current.failure_message,
-                    "processor_payment_id": current.payment_intent_id,
-                    "version": payment.version + 1,
-                }
-            )
+            failed = payment.failed(current)
             try:
                 store.save_payment(practice_id, failed)
             except StaleState:
@@ -75,15 +60,20 @@ def reconcile_refunds(
         missing = processor_refunded_cents - payment.refunded_cents
         if missing <= 0:
             return Reconciled.ALREADY_RECORDED
-        refund = Refund(
-            refund_id=idempotent_id("re", practice_id, f"{payment_id}:{event_id}"),
-            payment_id=payment_id,
-            client_id=payment.client_id,
-            amount_cents=min(missing, payment.refundable_cents),
-            status=RefundStatus.PENDING,
-            created_at=now,
-        )
-        if not store.start_refund(practice_id, refund):
+        refund_id = idempotent_id("re", practice_id, f"{payment_id}:{event_id}")
+        refund = store.get_refund(practice_id, refund_id)
+        if refund is None:
+            refund = Refund(
+                refund_id=refund_id,
+                payment_id=payment_id,
+                client_id=payment.client_id,
+                amount_cents=min(missing, payment.refundable_cents),
+                status=RefundStatus.PENDING,
+                created_at=now,
+            )
+            if not store.start_refund(practice_id, refund):
+                continue  # the same event is being recorded concurrently: look again
+        elif refund.status is RefundStatus.SUCCEEDED:
             return Reconciled.ALREADY_RECORDED
         invoices = [require_invoice(store, practice_id, a.invoice_id) for a in payment.allocations]
         try:

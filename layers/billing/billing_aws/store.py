@@ -364,19 +364,21 @@ class BillingStore:
         self._transact(actions)
 
     # -- payments: exactly-once steps ---------------------------------------------------------------
-    def start_payment(self, practice_id: str, payment: Payment) -> bool:
-        """Record a pending payment under its idempotent id; False if that id is already taken."""
+    def _put_new(self, item: dict[str, Any]) -> bool:
+        """Write an item under a key nobody has used yet; False if the key is taken (a retry or a race)."""
         try:
             self._db.put_item(
-                TableName=self._table,
-                Item=to_attributes(self.payment_item(practice_id, payment)),
-                ConditionExpression="attribute_not_exists(PK)",
+                TableName=self._table, Item=to_attributes(item), ConditionExpression="attribute_not_exists(PK)"
             )
             return True
         except ClientError as error:
             if is_condition_failure(error):
                 return False
             raise
+
+    def start_payment(self, practice_id: str, payment: Payment) -> bool:
+        """Record a pending payment under its idempotent id; False if that id is already taken."""
+        return self._put_new(self.payment_item(practice_id, payment))
 
     def save_payment(self, practice_id: str, payment: Payment) -> None:
         """Write a payment whose money did not move (e.g. a decline), if nobody changed it meanwhile."""
@@ -427,17 +429,8 @@ class BillingStore:
         return Refund.model_validate(found) if found else None
 
     def start_refund(self, practice_id: str, refund: Refund) -> bool:
-        try:
-            self._db.put_item(
-                TableName=self._table,
-                Item=to_attributes(self.refund_item(practice_id, refund)),
-                ConditionExpression="attribute_not_exists(PK)",
-            )
-            return True
-        except ClientError as error:
-            if is_condition_failure(error):
-                return False
-            raise
+        """Record a pending refund under its id before the processor is asked; False if already there."""
+        return self._put_new(self.refund_item(practice_id, refund))
 
     def commit_refund(self, plan: RefundedPayment) -> None:
         """Record the refund, the payment's and invoices' new allocations and the client's totals at once."""
