@@ -114,3 +114,22 @@ def fixture_api(fixture_stack: LocalStack) -> Iterator[Api]:
     """A client for the fixture-template stack."""
     with Api(fixture_stack.url) as client:
         yield client
+
+
+def appointment_body(
+    client_id: str, starts_at: str = "2026-11-20T15:00:00Z", fee_cents: int = 15000, status: str = "scheduled"
+) -> dict[str, Any]:
+    """A valid ``POST /appointments`` body (a 50-minute 90837 session)."""
+    return {
+        "client_id": client_id,
+        "starts_at": starts_at,
+        "duration_minutes": 50,
+        "service_code": "90837",
+        "fee_cents": fee_cents,
+        "status": status,
+    }
+
+
+def book(session: ApiSession, client_id: str, **body: Any) -> requests.Response:
+    """Put an appointment on the calendar; keyword arguments override `appointment_body`'s defaults."""
+    return session.post("/appointments", json=appointment_body(client_id, **body))

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from tests.e2e.conftest import Api, ApiSession
+from tests.e2e.conftest import Api, ApiSession, appointment_body, book
 
 PRACTICE = {"name": "Calm Minds", "timezone": "America/New_York", "invoice_creation": "daily"}
 
@@ -47,31 +47,10 @@ def test_the_tenant_comes_from_the_token_not_the_body_or_path(api: Api) -> None:
     # Another practice's objects are 404, whoever asks for them by id.
     assert theirs.get(f"/clients/{client_id}").status_code == 404
     assert theirs.get(f"/clients/{client_id}/billing-overview").status_code == 404
-    created = mine.post(
-        "/appointments",
-        json={
-            "client_id": client_id,
-            "starts_at": "2026-11-27T15:00:00Z",
-            "duration_minutes": 50,
-            "service_code": "90837",
-            "fee_cents": 15000,
-        },
-    ).json()
+    created = book(mine, client_id).json()
     assert theirs.patch(f"/appointments/{created['appointment_id']}", json={"status": "show"}).status_code == 404
-    assert theirs.get("/appointments?date=2026-11-27").json() == {"appointments": []}
-    assert (
-        theirs.post(
-            "/appointments",
-            json={
-                "client_id": client_id,
-                "starts_at": "2026-11-27T15:00:00Z",
-                "duration_minutes": 50,
-                "service_code": "90837",
-                "fee_cents": 15000,
-            },
-        ).status_code
-        == 404
-    )
+    assert theirs.get("/appointments?date=2026-11-20").json() == {"appointments": []}
+    assert book(theirs, client_id).status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -133,14 +112,7 @@ def test_bad_practice_settings_are_422_with_the_field_named(api: Api, body: dict
 def test_bad_appointments_are_422(api: Api, change: dict, field: str) -> None:
     session = _practice(api)
     client_id = _client(session)
-    body = {
-        "client_id": client_id,
-        "starts_at": "2026-11-27T15:00:00Z",
-        "duration_minutes": 50,
-        "service_code": "90837",
-        "fee_cents": 15000,
-    } | change
-    response = session.post("/appointments", json=body)
+    response = session.post("/appointments", json=appointment_body(client_id) | change)
     assert response.status_code == 422, response.text
     assert field in [d["field"] for d in _error(response)["details"]]
 
@@ -168,16 +140,7 @@ def test_appointments_get_their_local_date_in_the_practice_zone(
 ) -> None:
     session = _practice(api, timezone=zone)
     client_id = _client(session)
-    response = session.post(
-        "/appointments",
-        json={
-            "client_id": client_id,
-            "starts_at": starts_at,
-            "duration_minutes": 50,
-            "service_code": "90837",
-            "fee_cents": 15000,
-        },
-    )
+    response = book(session, client_id, starts_at=starts_at)
     assert response.status_code == 201
     assert response.json()["local_date"] == local_date and response.json()["invoice_id"] is None
     listed = session.get(f"/appointments?date={local_date}").json()["appointments"]
@@ -187,17 +150,7 @@ def test_appointments_get_their_local_date_in_the_practice_zone(
 def test_changing_the_fee_of_an_invoiced_appointment_is_409(api: Api) -> None:
     session = _practice(api)
     client_id = _client(session)
-    appointment = session.post(
-        "/appointments",
-        json={
-            "client_id": client_id,
-            "starts_at": "2026-11-20T15:00:00Z",
-            "duration_minutes": 50,
-            "service_code": "90837",
-            "fee_cents": 15000,
-            "status": "show",
-        },
-    ).json()
+    appointment = book(session, client_id, status="show").json()
     invoiced = session.post(
         "/invoices", json={"client_id": client_id, "appointment_ids": [appointment["appointment_id"]]}
     )
@@ -210,17 +163,7 @@ def test_billing_overview_reports_uninvoiced_billable_appointments(api: Api) -> 
     session = _practice(api)
     client_id = _client(session)
     for status, fee in (("show", 15000), ("no_show", 0), ("late_cancel", 5000), ("cancelled", 15000)):
-        session.post(
-            "/appointments",
-            json={
-                "client_id": client_id,
-                "starts_at": "2026-11-20T15:00:00Z",
-                "duration_minutes": 50,
-                "service_code": "90837",
-                "fee_cents": fee,
-                "status": status,
-            },
-        )
+        book(session, client_id, fee_cents=fee, status=status)
     overview = session.get(f"/clients/{client_id}/billing-overview").json()
     assert overview["uninvoiced_cents"] == 20000 and len(overview["uninvoiced_appointments"]) == 2
     assert overview["balance_cents"] == 0 and overview["unpaid_invoices"] == []

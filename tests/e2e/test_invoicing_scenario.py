@@ -1,20 +1,10 @@
 """The night happens: a Chicago practice's daily invoicing through the local server and scheduler."""
 
-from tests.e2e.conftest import Api, ApiSession
+from tests.e2e.conftest import Api, ApiSession, book
 
 
 def _appointment(session: ApiSession, client_id: str, starts_at: str, status: str, fee: int = 15000) -> str:
-    response = session.post(
-        "/appointments",
-        json={
-            "client_id": client_id,
-            "starts_at": starts_at,
-            "duration_minutes": 50,
-            "service_code": "90837",
-            "fee_cents": fee,
-            "status": status,
-        },
-    )
+    response = book(session, client_id, starts_at=starts_at, fee_cents=fee, status=status)
     assert response.status_code == 201, response.text
     return str(response.json()["appointment_id"])
 

@@ -11,7 +11,7 @@ import requests
 
 from billing_aws.store import BillingStore
 from local.stack import LocalStack
-from tests.e2e.conftest import Api, ApiSession
+from tests.e2e.conftest import Api, ApiSession, book
 
 
 def _key() -> dict[str, str]:
@@ -34,17 +34,7 @@ def _client(session: ApiSession, card: str | None = None) -> str:
 
 
 def _appointment(session: ApiSession, client_id: str, fee: int = 15000, day: int = 20) -> str:
-    response = session.post(
-        "/appointments",
-        json={
-            "client_id": client_id,
-            "starts_at": f"2026-11-{day:02d}T16:00:00Z",
-            "duration_minutes": 50,
-            "service_code": "90837",
-            "fee_cents": fee,
-            "status": "show",
-        },
-    )
+    response = book(session, client_id, starts_at=f"2026-11-{day:02d}T16:00:00Z", fee_cents=fee, status="show")
     return str(response.json()["appointment_id"])
 
 
