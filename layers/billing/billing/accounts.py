@@ -23,7 +23,6 @@ class Account(BaseModel):
     paid_cents: int = 0
     refunded_cents: int = 0
     unallocated_credit_cents: int = 0
-    version: int = 0
 
     @property
     def balance_cents(self) -> int:

@@ -8,16 +8,16 @@ it consumes); the store commits the plan atomically or not at all.
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Protocol
+from typing import Protocol
 
-from pydantic import AfterValidator, Field, computed_field
+from pydantic import Field, computed_field
 
 from billing.calendar import Appointment
 from billing.errors import Conflict, NotFound
 from billing.ids import new_id
 from billing.payments import CreditUse, Payment, take_credit
 from billing.practices import Practice
-from billing.schema import ObjectId, Record, RequestModel
+from billing.schema import IdList, ObjectId, Record, RequestModel
 
 
 class InvoiceStatus(StrEnum):
@@ -117,17 +117,11 @@ class Invoice(Record):
         return self.model_copy(update={"as_of": today})
 
 
-def _unique(ids: list[str]) -> list[str]:
-    if len(set(ids)) != len(ids):
-        raise ValueError("appointment_ids must not repeat")
-    return ids
-
-
 class InvoiceRequest(RequestModel):
     """Body of ``POST /invoices``."""
 
     client_id: ObjectId
-    appointment_ids: Annotated[list[ObjectId], Field(min_length=1, max_length=50), AfterValidator(_unique)]
+    appointment_ids: IdList
 
 
 @dataclass

@@ -10,12 +10,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
 from billing.errors import Conflict
 from billing.gateway import ChargeResult
 from billing.money import PositiveCents
-from billing.schema import ObjectId, Record, RequestModel, ShortText
+from billing.schema import IdList, ObjectId, Record, RequestModel, ShortText
 
 
 class PaymentMethod(StrEnum):
@@ -32,12 +32,6 @@ class PaymentStatus(StrEnum):
     FAILED = "failed"
 
 
-def _unique(ids: list[str]) -> list[str]:
-    if len(set(ids)) != len(ids):
-        raise ValueError("ids must not repeat")
-    return ids
-
-
 IdempotencyKey = Annotated[str, StringConstraints(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
@@ -49,7 +43,7 @@ class PaymentRequest(RequestModel):
     method: PaymentMethod
     card_id: ObjectId | None = None
     reference: ShortText | None = None
-    invoice_ids: Annotated[list[ObjectId], Field(max_length=50), AfterValidator(_unique)] | None = None
+    invoice_ids: IdList | None = None
 
 
 class AppointmentPaymentRequest(RequestModel):

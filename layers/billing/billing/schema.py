@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 
 class RequestModel(BaseModel):
@@ -34,3 +34,13 @@ class Address(RequestModel):
     state: ShortText | None = None
     postal_code: Annotated[str, StringConstraints(max_length=16)] | None = None
     country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] = "US"
+
+
+def _distinct(ids: list[str]) -> list[str]:
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must not repeat")
+    return ids
+
+
+# A short list of distinct object ids in a request (appointments to invoice, invoices to pay).
+IdList = Annotated[list[ObjectId], Field(min_length=1, max_length=50), AfterValidator(_distinct)]

@@ -11,7 +11,7 @@ from billing.allocation import Refund, RefundedPayment, SettledPayment
 from billing.calendar import Appointment, AppointmentStatus
 from billing.cards import Card
 from billing.clients import Client
-from billing.errors import Conflict, StaleState
+from billing.errors import StaleState
 from billing.invoices import Invoice, NewInvoice, VoidedInvoice
 from billing.payments import Payment, PaymentStatus
 from billing.practices import Practice
@@ -101,14 +101,14 @@ class BillingStore:
 
     def add_client(self, practice_id: str, client: Client) -> None:
         values = model_attributes(client) | keys.key(practice_id, keys.client_sk(client.client_id))
-        values |= {"kind": "client", "account_version": 0} | {name: 0 for name in ACCOUNT_FIELDS}
+        values |= {"kind": "client"} | {name: 0 for name in ACCOUNT_FIELDS}
         self._db.put_item(
             TableName=self._table, Item=to_attributes(values), ConditionExpression="attribute_not_exists(PK)"
         )
 
     def get_account(self, practice_id: str, client_id: str) -> Account:
         found = self._get(practice_id, keys.client_sk(client_id)) or {}
-        return Account(**{name: found.get(name, 0) for name in ACCOUNT_FIELDS}, version=found.get("account_version", 0))
+        return Account(**{name: found.get(name, 0) for name in ACCOUNT_FIELDS})
 
     # -- appointments ------------------------------------------------------------------------------
     @staticmethod
@@ -141,21 +141,8 @@ class BillingStore:
 
     def replace_appointment(self, practice_id: str, appointment: Appointment, expected_version: int) -> None:
         """Write a changed appointment unless someone (an invoice run, another edit) changed it meanwhile."""
-        try:
-            self._db.put_item(
-                TableName=self._table,
-                Item=to_attributes(self.appointment_item(practice_id, appointment)),
-                ConditionExpression="#version = :expected",
-                ExpressionAttributeNames={"#version": "version"},
-                ExpressionAttributeValues={":expected": to_value(expected_version)},
-            )
-        except ClientError as error:
-            if is_condition_failure(error):
-                raise Conflict(
-                    f"appointment {appointment.appointment_id} changed meanwhile; reload and retry",
-                    code="concurrent_change",
-                ) from error
-            raise
+        assert appointment.version == expected_version + 1
+        self._transact([self._versioned_put(self.appointment_item(practice_id, appointment), appointment.version)])
 
     def appointments_on(self, practice_id: str, day: date) -> list[Appointment]:
         return [

@@ -16,7 +16,15 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
 from aws_lambda_powertools.event_handler.openapi.params import Path
 from pydantic import BaseModel
 
-from billing.errors import BillingError, Conflict, Forbidden, InvalidRequest, NotFound, PaymentDeclined
+from billing.errors import (
+    BillingError,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PaymentDeclined,
+    ProcessorUnavailable,
+)
 from billing_lambda.observability import logger
 
 _STATUS_OF: list[tuple[type[BillingError], HTTPStatus]] = [
@@ -25,6 +33,7 @@ _STATUS_OF: list[tuple[type[BillingError], HTTPStatus]] = [
     (Forbidden, HTTPStatus.FORBIDDEN),
     (PaymentDeclined, HTTPStatus.PAYMENT_REQUIRED),
     (InvalidRequest, HTTPStatus.BAD_REQUEST),
+    (ProcessorUnavailable, HTTPStatus.SERVICE_UNAVAILABLE),
 ]
 _ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 
