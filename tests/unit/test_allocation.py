@@ -4,7 +4,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from billing.allocation import Refund, RefundStatus, allocate, plan_refund
+from billing.allocation import Refund, RefundStatus, allocate, check_payable, plan_refund
 from billing.errors import Conflict
 from billing.invoices import Invoice, InvoiceLine, InvoiceStatus
 from billing.payments import Payment, PaymentMethod, PaymentStatus, idempotent_id, take_credit
@@ -58,9 +58,14 @@ def test_a_payment_pays_the_named_invoice_only() -> None:
     assert settled.invoices[0].status is InvoiceStatus.PARTIALLY_PAID
 
 
-def test_naming_an_invoice_that_is_not_open_is_a_conflict() -> None:
+def test_naming_an_invoice_that_is_not_open_is_refused_before_any_money_is_taken() -> None:
     with pytest.raises(Conflict):
-        allocate("p", _payment("pay_1", 2000), [_invoice(1, 5000)], ["inv_9"])
+        check_payable([_invoice(1, 5000)], ["inv_9"])
+
+
+def test_money_taken_for_an_invoice_paid_meanwhile_becomes_credit() -> None:
+    settled = allocate("p", _payment("pay_1", 2000), [_invoice(1, 5000)], ["inv_9"])
+    assert settled.payment.allocations == [] and settled.payment.unallocated_cents == 2000
 
 
 def test_credit_is_taken_from_the_oldest_payment_first() -> None:

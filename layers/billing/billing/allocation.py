@@ -26,13 +26,11 @@ def allocate(
     practice_id: str, payment: Payment, open_invoices: list[Invoice], named: list[str] | None
 ) -> SettledPayment:
     """Allocate a succeeded payment to the named invoices in the order given, else to the oldest unpaid first.
-    What is left over stays on the payment as unallocated credit."""
+    What is left over, including what a named invoice paid meanwhile no longer needs, stays as credit:
+    money already taken is never refused here."""
     by_id = {i.invoice_id: i for i in open_invoices if i.balance_cents > 0}
     if named:
-        missing = [i for i in named if i not in by_id]
-        if missing:
-            raise Conflict(f"invoice {missing[0]} is not an unpaid invoice of this client", code="invoice_not_open")
-        targets = [by_id[i] for i in named]
+        targets = [by_id[i] for i in named if i in by_id]
     else:
         targets = sorted(by_id.values(), key=lambda i: (i.issue_date, i.sequence))
     remaining = payment.amount_cents
@@ -54,6 +52,14 @@ def allocate(
         }
     )
     return SettledPayment(practice_id, settled, paid)
+
+
+def check_payable(open_invoices: list[Invoice], named: list[str] | None) -> None:
+    """Before any money is taken: every invoice the caller names must be an unpaid invoice of the client."""
+    payable = {i.invoice_id for i in open_invoices if i.balance_cents > 0}
+    missing = [i for i in named or [] if i not in payable]
+    if missing:
+        raise Conflict(f"invoice {missing[0]} is not an unpaid invoice of this client", code="invoice_not_open")
 
 
 class RefundStatus(StrEnum):

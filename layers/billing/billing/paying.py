@@ -16,6 +16,7 @@ from billing.allocation import (
     RefundStatus,
     SettledPayment,
     allocate,
+    check_payable,
     check_refundable,
     plan_refund,
 )
@@ -116,6 +117,7 @@ def take_payment(
     payment = store.get_payment(practice_id, payment_id)
     if payment is None:
         require_client(store, practice_id, request.client_id)
+        check_payable(store.invoices_of(practice_id, request.client_id), request.invoice_ids)
         card = choose_card(store, practice_id, request.client_id, request.card_id) if _by_card(request) else None
         payment = Payment(
             payment_id=payment_id,
