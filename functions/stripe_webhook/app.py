@@ -2,7 +2,6 @@
 PaymentIntent's current state (so duplicated, late or out-of-order deliveries all end the same way)."""
 
 import base64
-import os
 from http import HTTPStatus
 from typing import Any
 
@@ -17,13 +16,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing import reconciliation
 from billing_lambda import wiring
+from billing_lambda.config import WebhookSettings, load_settings
 from billing_lambda.http import build_resolver, error_response
 from billing_lambda.observability import logger, metrics, tracer
 
 app = build_resolver()
 # One record per Stripe event id. Powertools deletes the record when handling raises, so Stripe's retry of
 # a failed delivery is handled again; a concurrent duplicate gets 409 and Stripe retries it later.
-_events = DynamoDBPersistenceLayer(table_name=os.environ.get("IDEMPOTENCY_TABLE_NAME", "IdempotencyTable"))
+_events = DynamoDBPersistenceLayer(table_name=load_settings(WebhookSettings).idempotency_table_name)
 _once_per_event = IdempotencyConfig(event_key_jmespath="id", expires_after_seconds=30 * 24 * 3600)
 
 

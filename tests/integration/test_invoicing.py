@@ -199,3 +199,22 @@ def test_the_nightly_worker_makes_one_call_per_access_pattern_and_one_transactio
     finally:
         events.unregister("before-call.dynamodb", count)
     assert sorted(calls) == sorted(["GetItem", "Query", "Query"] + ["TransactWriteItems"] * 3)
+
+
+def test_voiding_a_paid_invoice_turns_its_payment_into_credit_for_the_next_invoice(books: Books) -> None:
+    from billing.paying import take_payment
+    from billing.payments import PaymentMethod, PaymentRequest
+
+    ann = books.client()
+    first_visit = books.appointment(ann, "2026-11-20T15:00:00Z", fee_cents=12000)
+    paid = _invoice(books, ann, first_visit)
+    request = PaymentRequest(client_id=ann, amount_cents=12000, method=PaymentMethod.CASH)
+    take_payment(books.store, None, books.clock, books.practice, request, "key-void-credit")  # type: ignore[arg-type]
+    assert books.store.get_invoice(books.practice_id, paid.invoice_id).status is InvoiceStatus.PAID  # type: ignore[union-attr]
+    void_invoice(books.store, books.clock, books.practice_id, paid.invoice_id)
+    account = books.store.get_account(books.practice_id, ann)
+    assert (account.balance_cents, account.unallocated_credit_cents) == (-12000, 12000)
+    corrected = _invoice(books, ann, first_visit)  # re-invoiced (e.g. with the right code): credit pays it
+    assert corrected.paid_cents == 12000 and corrected.status is InvoiceStatus.PAID
+    account = books.store.get_account(books.practice_id, ann)
+    assert (account.balance_cents, account.unallocated_credit_cents) == (0, 0)

@@ -25,6 +25,10 @@ class DailyInvoicesSettings(FunctionSettings):
     daily_invoices_queue_url: str = Field(alias="DAILY_INVOICES_QUEUE_URL", min_length=1)
 
 
+class WebhookSettings(FunctionSettings):
+    idempotency_table_name: str = Field(alias="IDEMPOTENCY_TABLE_NAME", min_length=1)
+
+
 Settings = TypeVar("Settings", bound=FunctionSettings)
 
 
