@@ -35,11 +35,6 @@ def local_date(instant: datetime, timezone: str) -> date:
     return as_utc(instant).astimezone(ZoneInfo(timezone)).date()
 
 
-def iso_utc(instant: datetime) -> str:
-    """Stored/returned form of an instant: ISO-8601 in UTC with an explicit offset."""
-    return as_utc(instant).isoformat()
-
-
 UtcInstant = Annotated[AwareDatetime, AfterValidator(as_utc)]
 
 

@@ -92,10 +92,6 @@ class Payment(Record):
     def refundable_cents(self) -> int:
         return self.amount_cents - self.refunded_cents if self.status is PaymentStatus.SUCCEEDED else 0
 
-    @property
-    def net_cents(self) -> int:
-        return self.amount_cents - (self.fee_cents or 0) - self.refunded_cents
-
     def failed(self, result: "ChargeResult") -> "Payment":
         """This pending payment as declined by the processor (no money moved, so no balance changes)."""
         return self.model_copy(
