@@ -150,12 +150,16 @@ class CreditUse:
     amount_cents: int
 
 
+MAX_CREDIT_SOURCES = 15  # payments drawn on by one invoice: keeps its transaction within DynamoDB's limit
+
+
 def take_credit(credit: list[Payment], invoice_id: str, amount_cents: int) -> list[CreditUse]:
-    """Apply the client's unallocated credit to a new invoice, oldest payment first, up to ``amount_cents``."""
-    uses = []
+    """Apply the client's unallocated credit to a new invoice, oldest payment first, up to ``amount_cents``
+    (from at most MAX_CREDIT_SOURCES payments; any further credit waits for the next invoice)."""
+    uses: list[CreditUse] = []
     remaining = amount_cents
     for payment in sorted(credit, key=lambda p: (p.created_at, p.payment_id)):
-        if remaining <= 0:
+        if remaining <= 0 or len(uses) == MAX_CREDIT_SOURCES:
             break
         take = min(payment.unallocated_cents, remaining)
         if take <= 0:
