@@ -6,7 +6,7 @@ from typing import Annotated, Protocol
 
 from pydantic import Field, StringConstraints, model_validator
 
-from billing.errors import Conflict, NotFound
+from billing.errors import Conflict, existing
 from billing.ids import new_id
 from billing.localtime import Clock, UtcInstant, local_date
 from billing.money import Cents
@@ -108,10 +108,7 @@ def schedule_appointment(
 
 
 def require_appointment(store: AppointmentReader, practice_id: str, appointment_id: str) -> Appointment:
-    appointment = store.get_appointment(practice_id, appointment_id)
-    if appointment is None:
-        raise NotFound("appointment", appointment_id)
-    return appointment
+    return existing(store.get_appointment(practice_id, appointment_id), "appointment", appointment_id)
 
 
 def change_appointment(

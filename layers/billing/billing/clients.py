@@ -5,7 +5,7 @@ from typing import Annotated, Protocol
 
 from pydantic import ConfigDict, Field, StringConstraints
 
-from billing.errors import NotFound
+from billing.errors import existing
 from billing.ids import new_id
 from billing.localtime import Clock
 from billing.schema import Address, Email, Name, Phone, RequestModel
@@ -50,7 +50,4 @@ def add_client(store: ClientStore, clock: Clock, practice_id: str, details: Clie
 
 def require_client(store: ClientReader, practice_id: str, client_id: str) -> Client:
     """The practice's client, or NotFound (also for another practice's client)."""
-    client = store.get_client(practice_id, client_id)
-    if client is None:
-        raise NotFound("client", client_id)
-    return client
+    return existing(store.get_client(practice_id, client_id), "client", client_id)

@@ -1,6 +1,8 @@
 """Domain errors. The Lambda edge maps each kind to one HTTP status in one place."""
 
-from typing import Any
+from typing import Any, TypeVar
+
+Found = TypeVar("Found")
 
 
 class BillingError(Exception):
@@ -30,6 +32,13 @@ class NotFound(BillingError):
     def __init__(self, kind: str, object_id: str):
         super().__init__(f"{kind} {object_id} not found", code=f"{kind}_not_found")
         self.kind = kind
+
+
+def existing(found: Found | None, kind: str, object_id: str) -> Found:
+    """``found``, or NotFound for the ``kind`` and id asked for (the one way every lookup says 404)."""
+    if found is None:
+        raise NotFound(kind, object_id)
+    return found
 
 
 class Conflict(BillingError):

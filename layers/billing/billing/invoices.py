@@ -13,7 +13,7 @@ from typing import Protocol
 from pydantic import Field, computed_field
 
 from billing.calendar import Appointment
-from billing.errors import Conflict, NotFound
+from billing.errors import Conflict, existing
 from billing.ids import new_id
 from billing.payments import CreditUse, Payment, take_credit
 from billing.practices import Practice
@@ -227,10 +227,7 @@ def plan_invoice(
 
 
 def require_invoice(store: InvoiceReader, practice_id: str, invoice_id: str) -> Invoice:
-    invoice = store.get_invoice(practice_id, invoice_id)
-    if invoice is None:
-        raise NotFound("invoice", invoice_id)
-    return invoice
+    return existing(store.get_invoice(practice_id, invoice_id), "invoice", invoice_id)
 
 
 def plan_void(

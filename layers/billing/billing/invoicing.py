@@ -7,7 +7,7 @@ from datetime import date, timedelta
 from typing import Protocol
 
 from billing.calendar import Appointment
-from billing.errors import Conflict, NotFound, StaleState
+from billing.errors import Conflict, NotFound, StaleState, existing
 from billing.invoices import (
     Invoice,
     InvoiceRequest,
@@ -26,10 +26,7 @@ MAX_LINES_PER_INVOICE = 80  # keeps one invoice's transaction well under DynamoD
 
 
 def _require_practice(store: InvoiceStore, practice_id: str) -> Practice:
-    practice = store.get_practice(practice_id)
-    if practice is None:
-        raise NotFound("practice", practice_id)
-    return practice
+    return existing(store.get_practice(practice_id), "practice", practice_id)
 
 
 def create_invoice(store: InvoiceStore, clock: Clock, practice_id: str, request: InvoiceRequest) -> Invoice:
@@ -80,10 +77,7 @@ def void_invoice(store: InvoiceStore, clock: Clock, practice_id: str, invoice_id
 
 
 def _require_payment(store: InvoiceStore, practice_id: str, payment_id: str) -> Payment:
-    payment = store.get_payment(practice_id, payment_id)
-    if payment is None:
-        raise NotFound("payment", payment_id)
-    return payment
+    return existing(store.get_payment(practice_id, payment_id), "payment", payment_id)
 
 
 def client_invoices(store: InvoiceStore, clock: Clock, practice: Practice, client_id: str) -> list[Invoice]:

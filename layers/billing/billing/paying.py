@@ -23,7 +23,7 @@ from billing.allocation import (
 from billing.calendar import Appointment, require_appointment
 from billing.cards import Card
 from billing.clients import Client, require_client
-from billing.errors import Conflict, NotFound, PaymentDeclined, ProcessorUnavailable, StaleState
+from billing.errors import Conflict, NotFound, PaymentDeclined, ProcessorUnavailable, StaleState, existing
 from billing.gateway import ChargeResult, PaymentGateway
 from billing.ids import new_id
 from billing.invoices import Invoice, InvoiceRequest, InvoiceStore, require_invoice
@@ -141,10 +141,7 @@ def _by_card(request: PaymentRequest) -> bool:
 
 
 def _stored_payment(store: PaymentStore, practice_id: str, payment_id: str) -> Payment:
-    payment = store.get_payment(practice_id, payment_id)
-    if payment is None:
-        raise NotFound("payment", payment_id)
-    return payment
+    return existing(store.get_payment(practice_id, payment_id), "payment", payment_id)
 
 
 def _complete(store: PaymentStore, gateway: PaymentGateway, practice_id: str, payment: Payment) -> Payment:

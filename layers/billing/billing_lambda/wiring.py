@@ -3,7 +3,7 @@
 from functools import cache
 from typing import TYPE_CHECKING
 
-from billing.errors import NotFound
+from billing.errors import existing
 from billing.localtime import SystemClock
 from billing.nightly import NightlyJob
 from billing.practices import Practice
@@ -25,10 +25,7 @@ def store() -> BillingStore:
 
 def practice(practice_id: str) -> Practice:
     """The caller's practice, or NotFound (its settings are needed for local dates)."""
-    found = store().get_practice(practice_id)
-    if found is None:
-        raise NotFound("practice", practice_id)
-    return found
+    return existing(store().get_practice(practice_id), "practice", practice_id)
 
 
 @cache
