@@ -47,8 +47,6 @@ class CardStore(Protocol):
 
     def cards_of(self, practice_id: str, client_id: str) -> list[Card]: ...
 
-    def processor_customer(self, practice_id: str, client_id: str) -> str | None: ...
-
     def set_processor_customer(self, practice_id: str, client_id: str, customer_id: str) -> None: ...
 
     def add_card(self, practice_id: str, card: Card) -> None: ...
@@ -60,12 +58,12 @@ def add_card(
     store: CardStore, gateway: PaymentGateway, clock: Clock, practice_id: str, client_id: str, request: CardRequest
 ) -> Card:
     """Attach a PaymentMethod to the client's processor customer (made on first use). The first card is the default."""
-    require_client(store, practice_id, client_id)
-    customer_id = store.processor_customer(practice_id, client_id)
+    customer_id = require_client(store, practice_id, client_id).processor_customer_id
     if customer_id is None:
         key = processor_idempotency_key(idempotent_id("cus", practice_id, client_id))
         store.set_processor_customer(practice_id, client_id, gateway.create_customer(practice_id, client_id, key))
-        customer_id = store.processor_customer(practice_id, client_id)  # a concurrent first card may have won
+        # A concurrent first card may have set another customer first: use whichever was kept.
+        customer_id = require_client(store, practice_id, client_id).processor_customer_id
         assert customer_id is not None
     attached = gateway.attach_card(customer_id, request.payment_method_id)
     has_default = any(card.is_default for card in store.cards_of(practice_id, client_id))

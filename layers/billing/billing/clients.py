@@ -31,6 +31,7 @@ class Client(ClientDetails):
 
     client_id: str
     created_at: datetime
+    processor_customer_id: str | None = Field(default=None, exclude=True)  # the Stripe Customer, made on first card
 
 
 class ClientReader(Protocol):

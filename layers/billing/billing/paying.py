@@ -58,8 +58,6 @@ class PaymentStore(InvoiceStore, Protocol):
 
     def cards_of(self, practice_id: str, client_id: str) -> list[Card]: ...
 
-    def processor_customer(self, practice_id: str, client_id: str) -> str | None: ...
-
     def get_refund(self, practice_id: str, refund_id: str) -> Refund | None: ...
 
     def start_refund(self, practice_id: str, refund: Refund) -> bool: ...
@@ -112,7 +110,7 @@ def take_payment(
     fingerprint = fingerprint or request_fingerprint("payment", request.model_dump(mode="json"))
     payment = store.get_payment(practice_id, payment_id)
     if payment is None:
-        require_client(store, practice_id, request.client_id)
+        client = require_client(store, practice_id, request.client_id)
         check_payable(store.invoices_of(practice_id, request.client_id), request.invoice_ids)
         card = choose_card(store, practice_id, request.client_id, request.card_id) if _by_card(request) else None
         payment = Payment(
@@ -124,6 +122,8 @@ def take_payment(
             status=PaymentStatus.PENDING,
             reference=request.reference,
             card_id=card.card_id if card else None,
+            payment_method_id=card.payment_method_id if card else None,
+            processor_customer_id=client.processor_customer_id if card else None,
             requested_invoice_ids=request.invoice_ids,
             fingerprint=fingerprint,
             created_at=clock.now(),
@@ -147,7 +147,7 @@ def _stored_payment(store: PaymentStore, practice_id: str, payment_id: str) -> P
 def _complete(store: PaymentStore, gateway: PaymentGateway, practice_id: str, payment: Payment) -> Payment:
     """Charge (if by card) and settle a pending payment; safe to run again for the same payment."""
     if payment.method is PaymentMethod.CARD_ON_FILE and payment.processor_payment_id is None:
-        result = _charge(store, gateway, practice_id, payment)
+        result = _charge(gateway, practice_id, payment)
         if result.status != "succeeded":
             failed = payment.failed(result)
             try:
@@ -159,16 +159,16 @@ def _complete(store: PaymentStore, gateway: PaymentGateway, practice_id: str, pa
     return settle(store, practice_id, payment)
 
 
-def _charge(store: PaymentStore, gateway: PaymentGateway, practice_id: str, payment: Payment) -> ChargeResult:
-    card = choose_card(store, practice_id, payment.client_id, payment.card_id)
-    customer_id = store.processor_customer(practice_id, payment.client_id)
-    if customer_id is None:
+def _charge(gateway: PaymentGateway, practice_id: str, payment: Payment) -> ChargeResult:
+    """Charge the card recorded with the pending payment, with the key derived from its id (a retry replays)."""
+    customer_id, payment_method_id = payment.processor_customer_id, payment.payment_method_id
+    if customer_id is None or payment_method_id is None:
         raise Conflict("the client has no card on file", code="no_card_on_file")
     key = processor_idempotency_key(payment.payment_id)
     try:
         return gateway.charge(
             customer_id=customer_id,
-            payment_method_id=card.payment_method_id,
+            payment_method_id=payment_method_id,
             amount_cents=payment.amount_cents,
             currency=payment.currency,
             idempotency_key=key,

@@ -83,8 +83,11 @@ class Payment(Record):
     processor_charge_id: str | None = None
     fee_cents: int | None = None
     disputed_cents: int = 0
+    # Kept with the payment from the moment it is first recorded, so a retry charges exactly the same way.
     requested_invoice_ids: list[str] | None = Field(default=None, exclude=True)
     fingerprint: str = Field(default="", exclude=True)  # the request this payment was made for (idempotency)
+    processor_customer_id: str | None = Field(default=None, exclude=True)
+    payment_method_id: str | None = Field(default=None, exclude=True)
     created_at: datetime
     version: int = 1
 

@@ -20,6 +20,7 @@ from billing_aws.codec import from_attributes, model_attributes, to_attributes, 
 
 # Attributes that are storage bookkeeping, not part of any domain object.
 _KEY_ATTRIBUTES = frozenset({"PK", "SK", "GSI1PK", "GSI1SK", "GSI2PK", "GSI2SK", "GSI3PK", "GSI3SK", "kind"})
+_PAYMENT_PRIVATE_FIELDS = ("fingerprint", "requested_invoice_ids", "processor_customer_id", "payment_method_id")
 ACCOUNT_FIELDS = ("invoiced_cents", "paid_cents", "refunded_cents", "unallocated_credit_cents")
 
 
@@ -233,7 +234,7 @@ class BillingStore:
     @staticmethod
     def payment_item(practice_id: str, payment: Payment) -> dict[str, Any]:
         values = model_attributes(payment) | keys.key(practice_id, keys.payment_sk(payment.payment_id))
-        values |= {"fingerprint": payment.fingerprint, "requested_invoice_ids": payment.requested_invoice_ids}
+        values |= {name: getattr(payment, name) for name in _PAYMENT_PRIVATE_FIELDS}
         values |= {
             "kind": "payment",
             "GSI2PK": keys.client_gsi2pk(practice_id, payment.client_id),
@@ -440,11 +441,6 @@ class BillingStore:
     # -- cards -------------------------------------------------------------------------------------
     def cards_of(self, practice_id: str, client_id: str) -> list[Card]:
         return [Card.model_validate(found) for found in self._timeline(practice_id, client_id, keys.CARD_GSI2_PREFIX)]
-
-    def processor_customer(self, practice_id: str, client_id: str) -> str | None:
-        found = self._get(practice_id, keys.client_sk(client_id)) or {}
-        customer = found.get("processor_customer_id")
-        return str(customer) if customer else None
 
     def set_processor_customer(self, practice_id: str, client_id: str, customer_id: str) -> None:
         self._db.update_item(
