@@ -76,3 +76,31 @@ def test_void_and_reinvoice_over_http(api: Api) -> None:
     assert second.status_code == 201 and second.json()["number"] == "INV-000002"
     assert session.get(f"/invoices/{first['invoice_id']}").json()["status"] == "void"
     assert api.as_practice().get(f"/invoices/{first['invoice_id']}").status_code == 404
+
+
+def test_the_night_and_staff_racing_over_http_never_double_invoice(api: Api) -> None:
+    import threading
+
+    session = api.as_practice()
+    session.put("/practice", json={"name": "Race", "timezone": "America/Chicago", "invoice_creation": "daily"})
+    client = session.post("/clients", json={"first_name": "Rae", "last_name": "Client"}).json()["client_id"]
+    outcomes: list[int] = []
+    nights: list[int] = []
+    for day in range(1, 11):
+        appointment = _appointment(session, client, f"2026-10-{day:02d}T16:00:00Z", "show")
+        staff = threading.Thread(
+            target=lambda a=appointment: outcomes.append(
+                session.post("/invoices", json={"client_id": client, "appointment_ids": [a]}).status_code
+            )
+        )
+        night = threading.Thread(target=lambda: nights.append(_fire(api, "2026-11-27T06:05:00Z")["failed"]))
+        staff.start()
+        night.start()
+        staff.join()
+        night.join()
+    assert set(outcomes) <= {201, 409} and nights == [0] * 10
+    invoices = session.get(f"/clients/{client}/invoices").json()["invoices"]
+    lines = [line["appointment_id"] for invoice in invoices for line in invoice["lines"]]
+    assert len(lines) == len(set(lines)) == 10
+    numbers = sorted(int(i["number"].removeprefix("INV-")) for i in invoices)
+    assert numbers == list(range(1, len(invoices) + 1))

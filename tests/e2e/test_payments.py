@@ -330,3 +330,26 @@ def test_a_pending_card_payment_is_settled_by_the_succeeded_webhook(
     event_body, headers = _signed(stack, _event("payment_intent.succeeded", intent))
     assert api.post("/webhooks/stripe", data=event_body, headers=headers).json()["outcome"] == "settled"
     assert session.get(f"/invoices/{invoice['invoice_id']}").json()["status"] == "paid"
+
+
+def test_nothing_about_the_client_reaches_stripe(api: Api, stack: LocalStack) -> None:
+    session = _practice(api)
+    phi = {
+        "first_name": "Philomena",
+        "last_name": "Quarrington",
+        "email": "philomena.q@example.org",
+        "date_of_birth": "1968-02-29",
+        "diagnosis_codes": ["F41.1"],
+    }
+    client_id = session.post("/clients", json=phi).json()["client_id"]
+    session.post(f"/clients/{client_id}/cards", json={"payment_method_id": "pm_card_visa"})
+    appointment = book(session, client_id, status="show", starts_at="2026-11-19T16:00:00Z").json()["appointment_id"]
+    paid = session.post(
+        f"/appointments/{appointment}/invoice-and-payment", json={"method": "card_on_file"}, headers=_key()
+    )
+    assert paid.status_code == 201
+    session.post(f"/payments/{paid.json()['payment']['payment_id']}/refunds", json={"amount_cents": 100})
+    sent = json.dumps(stack.stripe.request_log())  # type: ignore[union-attr]
+    assert client_id in sent  # the requests are there, identified by opaque ids only
+    for value in ("Philomena", "Quarrington", "philomena.q@example.org", "1968-02-29", "F41.1", "2026-11-19", "90837"):
+        assert value not in sent
