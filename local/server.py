@@ -88,6 +88,10 @@ class LambdaContext:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
 
 
+# The template function whose handler runs on this thread (tests attribute AWS calls to functions with it).
+running_function = threading.local()
+
+
 class FunctionHost:
     """Loads and invokes the template's handlers in this process, like warm Lambda containers.
 
@@ -201,6 +205,8 @@ class FunctionHost:
         """Call the function's handler with ``event``; its exceptions propagate to the caller."""
         spec = self.template.functions[function_id]
         module = self.acquire(function_id)
+        outer = getattr(running_function, "id", None)
+        running_function.id = function_id
         try:
             handler = getattr(module, spec.handler_function)
             started = time.monotonic()
@@ -214,6 +220,7 @@ class FunctionHost:
                 )
             return result
         finally:
+            running_function.id = outer
             self.release(function_id, module)
 
     def preload(self, function_ids: Iterable[str] | None = None) -> dict[str, str]:

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 import requests
 
+from billing_lambda.aws_clients import client
 from local.stack import LocalStack, start_stack
 from local.template import DEFAULT_TEMPLATE
 from local.token import make_token
+from tests.e2e.iam_audit import IamAudit
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_TEMPLATE = FIXTURES / "template.yaml"
@@ -77,16 +79,31 @@ def stack() -> Iterator[LocalStack]:
     running.stop()
 
 
+@pytest.fixture(scope="session")
+def iam_audit(stack: LocalStack) -> IamAudit:
+    """Watches the handlers' DynamoDB client (shared by all functions of the process) for calls that the
+    calling function's IAM statements in template.yaml would not allow."""
+    table = stack.resolver.physical_name("BillingTable")
+    audit = IamAudit.from_template(stack.template, "BillingTable", table)
+    stack.resume_environment()
+    client("dynamodb").meta.events.register(
+        "before-parameter-build.dynamodb", lambda model, params, **_: audit.check_call(model.name, params)
+    )
+    return audit
+
+
 @pytest.fixture(autouse=True)
-def stack_environment(stack: LocalStack) -> Iterator[None]:
+def stack_environment(stack: LocalStack, iam_audit: IamAudit) -> Iterator[None]:
     """The stack's environment (AWS_ENDPOINT_URL, table names...) only while an end-to-end test runs.
 
     Tests elsewhere in the same worker process (moto's mock_aws in integration tests) must not send
     their AWS calls to this stack's moto server.
     """
     stack.resume_environment()
+    already = len(iam_audit.violations)
     yield
     stack.suspend_environment()
+    assert iam_audit.violations[already:] == [], "template.yaml does not allow what the functions call"
 
 
 @pytest.fixture(scope="session")
