@@ -248,14 +248,21 @@ def _event(kind: str, source: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def test_webhooks_are_verified_deduplicated_and_reconciled_from_current_state(api: Api, stack: LocalStack) -> None:
+def _invoice_paid_by_card(
+    api: Api, stack: LocalStack, amount: int
+) -> tuple[ApiSession, str, dict[str, Any], dict[str, Any]]:
+    """A new practice whose client's invoice of ``amount`` is paid by card: session, client, invoice, intent."""
     session = _practice(api)
     client_id = _client(session, card="pm_card_visa")
-    invoice = _invoice(session, client_id, 8000)
+    invoice = _invoice(session, client_id, amount)
     payment = session.post(
-        "/payments", json={"client_id": client_id, "amount_cents": 8000, "method": "card_on_file"}, headers=_key()
+        "/payments", json={"client_id": client_id, "amount_cents": amount, "method": "card_on_file"}, headers=_key()
     ).json()
-    intent = _intents_for(stack, payment["payment_id"])[0]
+    return session, client_id, invoice, _intents_for(stack, payment["payment_id"])[0]
+
+
+def test_webhooks_are_verified_deduplicated_and_reconciled_from_current_state(api: Api, stack: LocalStack) -> None:
+    session, _, invoice, intent = _invoice_paid_by_card(api, stack, 8000)
     succeeded = _event("payment_intent.succeeded", intent)
     body, headers = _signed(stack, succeeded)
     first = api.post("/webhooks/stripe", data=body, headers=headers)
@@ -276,13 +283,7 @@ def test_webhooks_are_verified_deduplicated_and_reconciled_from_current_state(ap
 
 
 def test_refunds_and_disputes_made_at_stripe_are_reconciled(api: Api, stack: LocalStack) -> None:
-    session = _practice(api)
-    client_id = _client(session, card="pm_card_visa")
-    invoice = _invoice(session, client_id, 6000)
-    payment = session.post(
-        "/payments", json={"client_id": client_id, "amount_cents": 6000, "method": "card_on_file"}, headers=_key()
-    ).json()
-    intent = _intents_for(stack, payment["payment_id"])[0]
+    session, client_id, invoice, intent = _invoice_paid_by_card(api, stack, 6000)
     charge = {
         "id": intent["latest_charge"] if isinstance(intent["latest_charge"], str) else intent["latest_charge"]["id"],
         "object": "charge",

@@ -45,6 +45,20 @@ def test_schedules_are_created_once_per_zone_with_the_zone_and_a_safe_time(
     assert names.count(schedule_name(NightlyJob.DAILY_INVOICES, "America/Santiago")) == 1
 
 
+def _sqs_record(message_id: str, body: str) -> dict[str, object]:
+    return {
+        "messageId": message_id,
+        "receiptHandle": f"handle-{message_id}",
+        "body": body,
+        "attributes": {},
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
+        "awsRegion": "us-east-1",
+    }
+
+
 def test_the_worker_reports_only_the_bad_message_as_failed(
     monkeypatch: pytest.MonkeyPatch, local_aws: tuple[LocalAws, Resolver]
 ) -> None:
@@ -56,30 +70,7 @@ def test_the_worker_reports_only_the_bad_message_as_failed(
     for name, value in host.environment().items():
         monkeypatch.setenv(name, value)
     good = {"practice_id": f"prac_{uuid.uuid4().hex}", "business_date": "2026-11-27"}
-    records = [
-        {
-            "messageId": "ok-1",
-            "receiptHandle": "r1",
-            "body": json.dumps(good),
-            "attributes": {},
-            "messageAttributes": {},
-            "md5OfBody": "",
-            "eventSource": "aws:sqs",
-            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
-            "awsRegion": "us-east-1",
-        },
-        {
-            "messageId": "bad-1",
-            "receiptHandle": "r2",
-            "body": "{not json",
-            "attributes": {},
-            "messageAttributes": {},
-            "md5OfBody": "",
-            "eventSource": "aws:sqs",
-            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
-            "awsRegion": "us-east-1",
-        },
-    ]
+    records = [_sqs_record("ok-1", json.dumps(good)), _sqs_record("bad-1", "{not json")]
     result = host.invoke("DailyInvoicesWorkerFunction", {"Records": records})
     assert result["batchItemFailures"] == [{"itemIdentifier": "bad-1"}]
     assert result["summary"]["practices"] == 1

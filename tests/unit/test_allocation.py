@@ -43,6 +43,17 @@ def _payment(payment_id: str, amount: int, unallocated: int = 0, minutes: int = 
     )
 
 
+def _refund(amount: int) -> Refund:
+    return Refund(
+        refund_id="re_1",
+        payment_id="pay_1",
+        client_id="cli_1",
+        amount_cents=amount,
+        status=RefundStatus.PENDING,
+        created_at=NOW,
+    )
+
+
 def test_a_payment_pays_the_oldest_invoices_first_and_keeps_the_rest_as_credit() -> None:
     older, newer = _invoice(1, 5000), _invoice(2, 3000)
     settled = allocate("p", _payment("pay_1", 9000), [newer, older], None)
@@ -78,14 +89,7 @@ def test_credit_is_taken_from_the_oldest_payment_first() -> None:
 def test_a_refund_takes_credit_first_then_unpays_the_newest_invoice() -> None:
     first, second = _invoice(1, 5000), _invoice(2, 3000)
     settled = allocate("p", _payment("pay_1", 9000), [first, second], None)
-    refund = Refund(
-        refund_id="re_1",
-        payment_id="pay_1",
-        client_id="cli_1",
-        amount_cents=2500,
-        status=RefundStatus.PENDING,
-        created_at=NOW,
-    )
+    refund = _refund(2500)
     plan = plan_refund("p", refund, settled.payment, settled.invoices)
     assert plan.from_credit_cents == 1000
     assert [(i.invoice_id, i.balance_cents) for i in plan.invoices] == [("inv_2", 1500)]
@@ -94,14 +98,7 @@ def test_a_refund_takes_credit_first_then_unpays_the_newest_invoice() -> None:
 
 def test_never_refund_more_than_is_refundable() -> None:
     settled = allocate("p", _payment("pay_1", 1000), [], None)
-    refund = Refund(
-        refund_id="re_1",
-        payment_id="pay_1",
-        client_id="cli_1",
-        amount_cents=1001,
-        status=RefundStatus.PENDING,
-        created_at=NOW,
-    )
+    refund = _refund(1001)
     with pytest.raises(Conflict, match="exceeds"):
         plan_refund("p", refund, settled.payment, [])
 
