@@ -8,13 +8,21 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import TypeAdapter, ValidationError
 
-from billing import cards, paying
-from billing.allocation import Refund
+from billing import cards, payment_service, refund_service
 from billing.cards import Card, CardRequest
 from billing.clients import require_client
 from billing.errors import InvalidRequest
 from billing.invoices import Invoice
-from billing.payments import AppointmentPaymentRequest, IdempotencyKey, Payment, PaymentRequest, RefundRequest
+from billing.payments import (
+    AppointmentPaymentRequest,
+    IdempotencyKey,
+    Payment,
+    PaymentRequest,
+    PaymentStatus,
+    Refund,
+    RefundRequest,
+    RefundStatus,
+)
 from billing_lambda import wiring
 from billing_lambda.http import PathId, build_resolver, clinician
 from billing_lambda.observability import logger, metrics, tracer
@@ -23,27 +31,44 @@ app = build_resolver()
 _KEY = TypeAdapter(IdempotencyKey)
 
 
-def idempotency_key(required: bool = True) -> str | None:
-    """The request's Idempotency-Key header (8-128 of ``A-Za-z0-9_.:-``); 400 when required and missing."""
+def idempotency_key() -> str:
+    """The request's Idempotency-Key header (8-128 of ``A-Za-z0-9_.:-``); 400 when it is missing."""
     value = app.current_event.headers.get("idempotency-key")
     if value is None:
-        if required:
-            raise InvalidRequest("send an Idempotency-Key header with every payment", code="idempotency_key_required")
-        return None
+        raise InvalidRequest(
+            "send an Idempotency-Key header with every payment and refund", code="idempotency_key_required"
+        )
     try:
         return _KEY.validate_python(value)
     except ValidationError as error:
         raise InvalidRequest("the Idempotency-Key header is malformed", code="invalid_idempotency_key") from error
 
 
-@app.post("/payments", status_code=201, tags=["Payments"], summary="Take or record a payment")
-def post_payment(request: PaymentRequest) -> Payment:
+def _accepted(status_code: int, body: Any) -> Response:
+    """A 201 for a finished result, a 202 for one the processor has not finished yet."""
+    return Response(status_code=status_code, content_type="application/json", body=body)
+
+
+@app.post(
+    "/payments",
+    status_code=201,
+    tags=["Payments"],
+    summary="Take or record a payment",
+    responses={
+        201: {"description": "The payment succeeded", "content": {"application/json": {"model": Payment}}},
+        202: {
+            "description": "The charge is processing (not a decline)",
+            "content": {"application/json": {"model": Payment}},
+        },
+    },
+)
+def post_payment(request: PaymentRequest) -> Response[Payment]:
     practice = wiring.practice(clinician(app).practice_id)
     key = idempotency_key()
-    assert key is not None
-    payment = paying.take_payment(wiring.store(), wiring.gateway(), wiring.clock, practice, request, key)
+    store, gateway = wiring.store(), wiring.gateway()
+    payment = payment_service.take_payment(store, gateway, wiring.clock, practice, request, key)
     logger.info("payment recorded", extra={"payment_id": payment.payment_id, "status": payment.status.value})
-    return payment
+    return _accepted(202 if payment.status is PaymentStatus.PROCESSING else 201, payment)
 
 
 @app.post(
@@ -54,15 +79,15 @@ def post_payment(request: PaymentRequest) -> Payment:
 )
 def post_invoice_and_payment(
     appointment_id: PathId, request: AppointmentPaymentRequest
-) -> dict[str, Invoice | Payment]:
+) -> Response[dict[str, Invoice | Payment]]:
     practice = wiring.practice(clinician(app).practice_id)
     key = idempotency_key()
-    assert key is not None
-    done = paying.invoice_and_pay(
+    done = payment_service.invoice_and_pay(
         wiring.store(), wiring.gateway(), wiring.clock, practice, appointment_id, request, key
     )
     metrics.add_metric(name="TimeOfServicePayments", unit="Count", value=1)
-    return {"invoice": done.invoice, "payment": done.payment}
+    processing = done.payment.status is PaymentStatus.PROCESSING
+    return _accepted(202 if processing else 201, {"invoice": done.invoice, "payment": done.payment})
 
 
 @app.get("/clients/<client_id>/payments", tags=["Payments"], summary="A client's payments, newest first")
@@ -74,12 +99,13 @@ def list_payments(client_id: PathId) -> dict[str, list[Payment]]:
 
 
 @app.post("/payments/<payment_id>/refunds", status_code=201, tags=["Payments"], summary="Refund all or part")
-def post_refund(payment_id: PathId, request: RefundRequest) -> Refund:
+def post_refund(payment_id: PathId, request: RefundRequest) -> Response[Refund]:
     practice_id = clinician(app).practice_id
-    key = idempotency_key(required=False)
-    return paying.refund_payment(
+    key = idempotency_key()
+    refund = refund_service.refund_payment(
         wiring.store(), wiring.gateway(), wiring.clock, practice_id, payment_id, request.amount_cents, key
     )
+    return _accepted(202 if refund.status is RefundStatus.PENDING else 201, refund)
 
 
 @app.post("/clients/<client_id>/cards", status_code=201, tags=["Cards"], summary="Put a card on file")

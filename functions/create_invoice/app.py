@@ -5,7 +5,7 @@ from typing import Any
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from billing import invoicing
+from billing import invoice_service, payment_service
 from billing.clients import require_client
 from billing.invoices import Invoice, InvoiceRequest, require_invoice
 from billing.localtime import local_date
@@ -20,7 +20,7 @@ app = build_resolver()
 def post_invoice(request: InvoiceRequest) -> Invoice:
     caller = clinician(app)
     require_client(wiring.store(), caller.practice_id, request.client_id)
-    invoice = invoicing.create_invoice(wiring.store(), wiring.clock, caller.practice_id, request)
+    invoice = invoice_service.create_invoice(wiring.store(), wiring.clock, caller.practice_id, request)
     metrics.add_metric(name="InvoicesCreated", unit="Count", value=1)
     logger.info("invoice created", extra={"invoice_id": invoice.invoice_id, "lines": len(invoice.lines)})
     return invoice
@@ -37,13 +37,18 @@ def get_invoice(invoice_id: PathId) -> Invoice:
 def list_client_invoices(client_id: PathId) -> dict[str, list[Invoice]]:
     practice = wiring.practice(clinician(app).practice_id)
     require_client(wiring.store(), practice.practice_id, client_id)
-    return {"invoices": invoicing.client_invoices(wiring.store(), wiring.clock, practice, client_id)}
+    return {"invoices": invoice_service.client_invoices(wiring.store(), wiring.clock, practice, client_id)}
 
 
 @app.post("/invoices/<invoice_id>/void", tags=["Invoices"], summary="Void an invoice (its number stays used)")
 def post_void(invoice_id: PathId) -> Invoice:
-    caller = clinician(app)
-    invoice = invoicing.void_invoice(wiring.store(), wiring.clock, caller.practice_id, invoice_id)
+    practice_id = clinician(app).practice_id
+    store = wiring.store()
+
+    def resolve_in_flight(payment_id: str) -> object:
+        return payment_service.resolve_payment(store, wiring.gateway(), wiring.clock, practice_id, payment_id)
+
+    invoice = invoice_service.void_invoice(store, wiring.clock, practice_id, invoice_id, resolve_in_flight)
     metrics.add_metric(name="InvoicesVoided", unit="Count", value=1)
     return invoice
 

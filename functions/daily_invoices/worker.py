@@ -6,7 +6,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from billing import invoicing
+from billing import invoice_service
 from billing.nightly import PracticeNight
 from billing_lambda import wiring
 from billing_lambda.observability import logger, metrics, tracer
@@ -17,7 +17,7 @@ _summary: dict[str, int] = {}
 
 def invoice_practice_night(record: SQSRecord) -> None:
     night = PracticeNight.model_validate_json(record.body)
-    result = invoicing.invoice_night(wiring.store(), wiring.clock, night.practice_id, night.business_date)
+    result = invoice_service.invoice_night(wiring.store(), wiring.clock, night.practice_id, night.business_date)
     _summary["practices"] = _summary.get("practices", 0) + 1
     _summary["invoices_created"] = _summary.get("invoices_created", 0) + result.invoices_created
     logger.info(

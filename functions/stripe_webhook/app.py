@@ -33,30 +33,43 @@ def _raw_body() -> bytes:
     return base64.b64decode(body) if event.is_base64_encoded else body.encode()
 
 
+_CHARGE_EVENTS = frozenset(
+    {
+        "payment_intent.succeeded",
+        "payment_intent.payment_failed",
+        "payment_intent.processing",
+        "payment_intent.canceled",
+        "payment_intent.requires_action",
+    }
+)
+_REFUND_EVENTS = frozenset(
+    {"charge.refunded", "charge.refund.updated", "refund.created", "refund.updated", "refund.failed"}
+)
+
+
 @idempotent_function(data_keyword_argument="stripe_event", config=_once_per_event, persistence_store=_events)
 def handle_event(stripe_event: dict[str, Any]) -> dict[str, str]:
-    """Reconcile one verified event; the result is remembered under the event id."""
+    """Reconcile one verified event; the result is remembered under the event id. Events are hints: the current
+    state is always read from Stripe, so duplicated, late, concurrent or out-of-order events end the same way."""
     kind = str(stripe_event.get("type"))
     source = (stripe_event.get("data") or {}).get("object") or {}
     payment_intent_id = source.get("id") if kind.startswith("payment_intent.") else source.get("payment_intent")
-    if not payment_intent_id:
+    if kind not in _CHARGE_EVENTS | _REFUND_EVENTS | {"charge.dispute.created"} or not payment_intent_id:
         return {"event": kind, "outcome": "ignored"}
-    current = wiring.gateway().retrieve_payment_intent(str(payment_intent_id))
+    gateway = wiring.gateway()
+    current = gateway.retrieve_payment_intent(str(payment_intent_id))
     practice_id, payment_id = current.metadata.get("practice_id"), current.metadata.get("payment_id")
     if not practice_id or not payment_id:
         return {"event": kind, "outcome": reconciliation.Reconciled.UNKNOWN_PAYMENT.value}
     store = wiring.store()
-    if kind in ("payment_intent.succeeded", "payment_intent.payment_failed"):
+    if kind in _CHARGE_EVENTS:
         outcome = reconciliation.reconcile_charge(store, practice_id, payment_id, current)
-    elif kind == "charge.refunded":
-        refunded = int(source.get("amount_refunded") or 0)
+    elif kind in _REFUND_EVENTS:
         outcome = reconciliation.reconcile_refunds(
-            store, practice_id, payment_id, refunded, str(stripe_event.get("id")), wiring.clock.now()
+            store, gateway, wiring.clock, practice_id, payment_id, str(payment_intent_id)
         )
-    elif kind == "charge.dispute.created":
-        outcome = reconciliation.record_dispute(store, practice_id, payment_id, int(source.get("amount") or 0))
     else:
-        return {"event": kind, "outcome": "ignored"}
+        outcome = reconciliation.record_dispute(store, practice_id, payment_id, int(source.get("amount") or 0))
     logger.info("stripe event reconciled", extra={"event_type": kind, "payment_id": payment_id, "outcome": outcome})
     metrics.add_metric(name=f"Webhook_{outcome.value}", unit="Count", value=1)
     return {"event": kind, "outcome": outcome.value}

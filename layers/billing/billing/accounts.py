@@ -75,7 +75,9 @@ class BillingOverview(BaseModel):
 class AccountStore(ClientStore, Protocol):
     def cards_of(self, practice_id: str, client_id: str) -> list[Card]: ...
 
-    def invoices_of(self, practice_id: str, client_id: str) -> list[Invoice]: ...
+    def open_invoice_ids(self, practice_id: str, client_id: str) -> list[str]: ...
+
+    def invoices_by_id(self, practice_id: str, invoice_ids: list[str]) -> list[Invoice]: ...
 
     def get_account(self, practice_id: str, client_id: str) -> Account: ...
 
@@ -91,7 +93,11 @@ def billing_overview(store: AccountStore, now: datetime, practice: Practice, cli
     account = store.get_account(practice_id, client_id)
     today = local_date(now, practice.timezone)
     unpaid = sorted(
-        (i.reported_on(today) for i in store.invoices_of(practice_id, client_id) if i.balance_cents > 0),
+        (
+            i.reported_on(today)
+            for i in store.invoices_by_id(practice_id, store.open_invoice_ids(practice_id, client_id))
+            if i.is_open
+        ),
         key=lambda i: i.sequence,
     )
     uninvoiced = [a for a in store.uninvoiced_appointments(practice_id, client_id=client_id) if a.billable]

@@ -1,99 +1,58 @@
-"""Where a payment's money goes: allocated to invoices, left as credit, or refunded.
-
-Invariant for every succeeded payment: amount = Σ allocations + unallocated + refunded.
-"""
-
-from dataclasses import dataclass, field
-from datetime import datetime
-from enum import StrEnum
+"""Where a payment's money goes, planned without storage: the claims it holds before it is charged, the
+allocations they become, and how a refund is taken back off the invoices. Pure functions of what was read."""
 
 from billing.errors import Conflict
 from billing.invoices import Invoice
-from billing.payments import Payment, PaymentAllocation, PaymentStatus
-from billing.schema import Record
+from billing.payments import Claim, Payment, PaymentStatus, RefundTake
 
 
-@dataclass
-class SettledPayment:
-    """The unit of work that settles a payment: the payment as it ends, and the invoices it pays."""
-
-    practice_id: str
-    payment: Payment
-    invoices: list[Invoice] = field(default_factory=list)  # as they will be, version + 1
-
-
-def allocate(
-    practice_id: str, payment: Payment, open_invoices: list[Invoice], named: list[str] | None
-) -> SettledPayment:
-    """Allocate a succeeded payment to the named invoices in the order given, else to the oldest unpaid first.
-    What is left over, including what a named invoice paid meanwhile no longer needs, stays as credit:
-    money already taken is never refused here."""
-    by_id = {i.invoice_id: i for i in open_invoices if i.balance_cents > 0}
-    if named:
-        targets = [by_id[i] for i in named if i in by_id]
-    else:
-        targets = sorted(by_id.values(), key=lambda i: (i.issue_date, i.sequence))
-    remaining = payment.amount_cents
-    allocations: list[PaymentAllocation] = []
-    paid: list[Invoice] = []
-    for invoice in targets:
-        take = min(invoice.balance_cents, remaining)
-        if take <= 0:
-            continue
-        allocations.append(PaymentAllocation(invoice_id=invoice.invoice_id, amount_cents=take))
-        paid.append(invoice.with_payment(payment.payment_id, take))
-        remaining -= take
-    settled = payment.model_copy(
-        update={
-            "status": PaymentStatus.SUCCEEDED,
-            "allocations": allocations,
-            "unallocated_cents": remaining,
-            "version": payment.version + 1,
-        }
-    )
-    return SettledPayment(practice_id, settled, paid)
-
-
-def check_payable(open_invoices: list[Invoice], named: list[str] | None) -> None:
-    """Before any money is taken: every invoice the caller names must be an unpaid invoice of the client."""
-    payable = {i.invoice_id for i in open_invoices if i.balance_cents > 0}
-    missing = [i for i in named or [] if i not in payable]
+def payable_invoices(open_invoices: list[Invoice], named: list[str] | None) -> list[Invoice]:
+    """The invoices a payment pays: the ones named, in the order given (each must be an open invoice of the
+    client), else every open invoice, oldest first."""
+    by_id = {i.invoice_id: i for i in open_invoices if i.is_open}
+    if not named:
+        return sorted(by_id.values(), key=lambda i: (i.issue_date, i.sequence))
+    missing = [i for i in named if i not in by_id]
     if missing:
         raise Conflict(f"invoice {missing[0]} is not an unpaid invoice of this client", code="invoice_not_open")
+    return [by_id[i] for i in named]
 
 
-class RefundStatus(StrEnum):
-    PENDING = "pending"
-    SUCCEEDED = "succeeded"
+def _in_progress(invoice: Invoice) -> Conflict:
+    return Conflict(
+        f"a payment for invoice {invoice.invoice_id} is being taken; try again in a moment",
+        code="payment_in_progress",
+        details=[{"invoice_id": invoice.invoice_id, "held_cents": invoice.held_cents}],
+    )
 
 
-class Refund(Record):
-    refund_id: str
-    payment_id: str
-    client_id: str
-    amount_cents: int
-    status: RefundStatus
-    processor_refund_id: str | None = None
-    created_at: datetime
-    version: int = 1
-
-
-@dataclass
-class RefundedPayment:
-    """The unit of work that records a refund: the refund, the payment, the invoices it un-pays."""
-
-    practice_id: str
-    refund: Refund
-    payment: Payment
-    invoices: list[Invoice]
-    from_credit_cents: int
+def plan_claims(amount_cents: int, targets: list[Invoice], named: bool) -> list[Claim]:
+    """What a payment of ``amount_cents`` claims on ``targets`` before any money moves: what each still has
+    available (its balance less what in-flight payments hold), in order. The rest of the amount becomes credit —
+    deliberate prepayment — unless it is only left over because another payment is in flight on these invoices:
+    then, as for a named invoice another payment holds entirely, the payment is refused (409) before any charge."""
+    claims: list[Claim] = []
+    remaining = amount_cents
+    for invoice in targets:
+        if named and invoice.available_cents == 0:
+            raise _in_progress(invoice)
+        take = min(invoice.available_cents, remaining)
+        if take > 0:
+            claims.append(Claim(invoice_id=invoice.invoice_id, amount_cents=take))
+            remaining -= take
+    if remaining > 0:
+        held = [i for i in targets if i.held_cents > 0]
+        if held:
+            raise _in_progress(held[0])
+    return claims
 
 
 def check_refundable(payment: Payment, amount_cents: int | None) -> int:
-    """The amount to refund (default: all still refundable). Never more than was paid and not yet refunded."""
-    amount = payment.refundable_cents if amount_cents is None else amount_cents
+    """The amount to refund (default: all still refundable). Never more than was paid and not yet refunded or
+    being refunded."""
     if payment.status is not PaymentStatus.SUCCEEDED:
         raise Conflict(f"payment {payment.payment_id} did not succeed; nothing to refund", code="not_refundable")
+    amount = payment.refundable_cents if amount_cents is None else amount_cents
     if amount <= 0 or amount > payment.refundable_cents:
         raise Conflict(
             f"refund of {amount} exceeds the {payment.refundable_cents} still refundable on {payment.payment_id}",
@@ -103,30 +62,20 @@ def check_refundable(payment: Payment, amount_cents: int | None) -> int:
     return amount
 
 
-def plan_refund(practice_id: str, refund: Refund, payment: Payment, invoices: list[Invoice]) -> RefundedPayment:
-    """Take the refund from the payment's unallocated credit first, then from its newest allocations, so the
+def plan_refund_takes(payment: Payment, amount_cents: int) -> list[RefundTake]:
+    """Take a refund from the payment's unallocated credit first, then from its newest allocations, so the
     invoices it paid go back to unpaid or partially paid."""
-    amount = check_refundable(payment, refund.amount_cents)
-    from_credit = min(payment.unallocated_cents, amount)
-    remaining = amount - from_credit
-    by_id = {i.invoice_id: i for i in invoices}
-    allocations = list(payment.allocations)
-    changed: list[Invoice] = []
-    for index in reversed(range(len(allocations))):
+    takes: list[RefundTake] = []
+    from_credit = min(payment.unallocated_cents, amount_cents)
+    if from_credit > 0:
+        takes.append(RefundTake(invoice_id=None, amount_cents=from_credit))
+    remaining = amount_cents - from_credit
+    for allocation in reversed(payment.allocations):
         if remaining <= 0:
             break
-        allocation = allocations[index]
         take = min(allocation.amount_cents, remaining)
-        changed.append(by_id[allocation.invoice_id].without_payment(payment.payment_id, take))
-        allocations[index] = allocation.model_copy(update={"amount_cents": allocation.amount_cents - take})
+        takes.append(RefundTake(invoice_id=allocation.invoice_id, amount_cents=take))
         remaining -= take
-    after = payment.model_copy(
-        update={
-            "allocations": [a for a in allocations if a.amount_cents > 0],
-            "unallocated_cents": payment.unallocated_cents - from_credit,
-            "refunded_cents": payment.refunded_cents + amount,
-            "version": payment.version + 1,
-        }
-    )
-    done = refund.model_copy(update={"status": RefundStatus.SUCCEEDED, "version": refund.version + 1})
-    return RefundedPayment(practice_id, done, after, changed, from_credit)
+    if remaining > 0:
+        raise Conflict(f"payment {payment.payment_id} has not enough left to refund", code="refund_exceeds_refundable")
+    return takes

@@ -48,6 +48,13 @@ class InvoiceAllocation(Record):
     amount_cents: int
 
 
+class InvoiceHold(Record):
+    """What an in-flight payment has claimed on this invoice: no other payment may claim it meanwhile."""
+
+    payment_id: str
+    amount_cents: int
+
+
 class Invoice(Record):
     invoice_id: str
     sequence: int = Field(exclude=True)
@@ -63,6 +70,7 @@ class Invoice(Record):
     created_at: datetime
     version: int = 1
     as_of: date | None = Field(default=None, exclude=True)  # the local "today" status is reported for
+    holds: list[InvoiceHold] = Field(default=[], exclude=True)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -95,22 +103,68 @@ class Invoice(Record):
     def past_due(self) -> bool:
         return self.status is InvoiceStatus.PAST_DUE
 
+    @property
+    def is_open(self) -> bool:
+        """Live and still owing something."""
+        return not self.voided and self.balance_cents > 0
+
+    @property
+    def held_cents(self) -> int:
+        return sum(h.amount_cents for h in self.holds)
+
+    @property
+    def available_cents(self) -> int:
+        """What a new payment may still claim: the balance less what in-flight payments hold."""
+        return max(0, self.balance_cents - self.held_cents)
+
+    def allocation_of(self, payment_id: str) -> int:
+        return sum(a.amount_cents for a in self.allocations if a.payment_id == payment_id)
+
+    def hold_of(self, payment_id: str) -> int:
+        return sum(h.amount_cents for h in self.holds if h.payment_id == payment_id)
+
+    def with_hold(self, payment_id: str, amount_cents: int) -> "Invoice":
+        """This invoice with ``amount_cents`` of what it owes held for the in-flight ``payment_id``."""
+        if self.voided or not 0 < amount_cents <= self.available_cents or self.hold_of(payment_id):
+            raise ValueError("a hold must fit in what the live invoice still has available")
+        return self.model_copy(
+            update={"holds": [*self.holds, InvoiceHold(payment_id=payment_id, amount_cents=amount_cents)]}
+        ).next()
+
+    def with_hold_settled(self, payment_id: str) -> "Invoice":
+        """The payment's hold turned into an allocation (the payment succeeded)."""
+        held = self.hold_of(payment_id)
+        released = self.with_hold_released(payment_id)
+        return released._reallocated(payment_id, held) if held else released
+
+    def with_hold_released(self, payment_id: str) -> "Invoice":
+        """The payment's hold dropped (it was declined or canceled): the amount is available again."""
+        return self.model_copy(update={"holds": [h for h in self.holds if h.payment_id != payment_id]}).next()
+
+    def next(self) -> "Invoice":
+        return self.model_copy(update={"version": self.version + 1})
+
     def with_payment(self, payment_id: str, amount_cents: int) -> "Invoice":
         """This invoice with ``amount_cents`` more of ``payment_id`` allocated to it."""
-        if not 0 < amount_cents <= self.balance_cents:
+        if not 0 < amount_cents <= self.available_cents:
             raise ValueError("an allocation cannot exceed what the invoice owes")
-        return self._reallocated(payment_id, amount_cents)
+        return self._reallocated(payment_id, amount_cents).next()
 
     def without_payment(self, payment_id: str, amount_cents: int) -> "Invoice":
         """This invoice with ``amount_cents`` of ``payment_id``'s allocation taken back (a refund)."""
-        return self._reallocated(payment_id, -amount_cents)
+        return self._reallocated(payment_id, -amount_cents).next()
+
+    def without_allocations_of(self, payment_ids: set[str]) -> "Invoice":
+        """This (voided) invoice with the allocations of ``payment_ids`` handed back to their payments."""
+        kept = [a for a in self.allocations if a.payment_id not in payment_ids]
+        return self.model_copy(update={"allocations": kept}).next()
 
     def _reallocated(self, payment_id: str, delta_cents: int) -> "Invoice":
         current = sum(a.amount_cents for a in self.allocations if a.payment_id == payment_id)
         others = [a for a in self.allocations if a.payment_id != payment_id]
         if current + delta_cents > 0:
             others.append(InvoiceAllocation(payment_id=payment_id, amount_cents=current + delta_cents))
-        return self.model_copy(update={"allocations": others, "version": self.version + 1})
+        return self.model_copy(update={"allocations": others})
 
     def reported_on(self, today: date) -> "Invoice":
         """The same invoice with its status reported as of the practice-local ``today``."""
@@ -126,44 +180,26 @@ class InvoiceRequest(RequestModel):
 
 @dataclass
 class NewInvoice:
-    """The unit of work that issues one invoice; every part is conditioned on the state it was planned from."""
+    """An invoice as planned: the invoice, its appointments as they will be, the credit it consumes."""
 
-    practice_id: str
     invoice: Invoice
-    appointments: list[Appointment]  # as they will be: on the invoice, version + 1
+    appointments: list[tuple[Appointment, Appointment]]  # (as read, as they will be: on the invoice)
     previous_sequence: int
     credit: list[CreditUse] = field(default_factory=list)
 
 
 @dataclass
 class VoidedInvoice:
-    """The unit of work that voids an invoice: appointments freed, its allocations turned into credit."""
+    """A void as planned: the invoice void (its allocations still to hand back), its appointments freed, and
+    the payments whose allocations return to them as credit (handed back in bounded steps)."""
 
-    practice_id: str
     before: Invoice
     after: Invoice
-    appointments: list[Appointment]  # as they will be: free again, version + 1
-    payments: list[Payment]  # as they will be: the returned amounts unallocated, version + 1
+    appointments: list[tuple[Appointment, Appointment]]  # (as read, free again)
 
 
 class InvoiceReader(Protocol):
     def get_invoice(self, practice_id: str, invoice_id: str) -> Invoice | None: ...
-
-
-class InvoiceStore(InvoiceReader, Protocol):
-    def get_practice(self, practice_id: str) -> Practice | None: ...
-
-    def get_payment(self, practice_id: str, payment_id: str) -> Payment | None: ...
-
-    def appointments_by_id(self, practice_id: str, appointment_ids: list[str]) -> list[Appointment]: ...
-
-    def invoices_of(self, practice_id: str, client_id: str) -> list[Invoice]: ...
-
-    def open_credit(self, practice_id: str, client_id: str | None = None) -> list[Payment]: ...
-
-    def commit_new_invoice(self, plan: NewInvoice) -> None: ...
-
-    def commit_void(self, plan: VoidedInvoice) -> None: ...
 
 
 def plan_invoice(
@@ -222,28 +258,28 @@ def plan_invoice(
         allocations=[InvoiceAllocation(payment_id=u.payment.payment_id, amount_cents=u.amount_cents) for u in uses],
         created_at=now,
     )
-    invoiced = [a.model_copy(update={"invoice_id": invoice_id, "version": a.version + 1}) for a in ordered]
-    return NewInvoice(practice.practice_id, invoice, invoiced, previous_sequence, uses)
+    invoiced = [(a, a.model_copy(update={"invoice_id": invoice_id, "version": a.version + 1})) for a in ordered]
+    return NewInvoice(invoice, invoiced, previous_sequence, uses)
 
 
 def require_invoice(store: InvoiceReader, practice_id: str, invoice_id: str) -> Invoice:
     return existing(store.get_invoice(practice_id, invoice_id), "invoice", invoice_id)
 
 
-def plan_void(
-    practice_id: str, invoice: Invoice, appointments: list[Appointment], payments: list[Payment], now: datetime
-) -> VoidedInvoice:
-    """Void keeps the number; what was allocated to the invoice returns to each payment as credit."""
+def plan_void(invoice: Invoice, appointments: list[Appointment], now: datetime) -> VoidedInvoice:
+    """Void keeps the number and frees the appointments; what was allocated to the invoice goes back to each
+    payment as credit. No payment may be in flight on it (its holds are resolved first)."""
     if invoice.voided:
         raise Conflict(f"invoice {invoice.invoice_id} is already void", code="invoice_void")
+    if invoice.holds:
+        raise Conflict(
+            f"a payment is being taken for invoice {invoice.invoice_id}; try again in a moment",
+            code="payment_in_progress",
+        )
     freed = [
-        a.model_copy(update={"invoice_id": None, "version": a.version + 1})
+        (a, a.model_copy(update={"invoice_id": None, "version": a.version + 1}))
         for a in appointments
         if a.invoice_id == invoice.invoice_id
     ]
-    returned = {a.payment_id: a.amount_cents for a in invoice.allocations}
-    credited = [p.with_allocation_returned(invoice.invoice_id, returned[p.payment_id]) for p in payments]
-    after = invoice.model_copy(
-        update={"voided": True, "voided_at": now, "allocations": [], "version": invoice.version + 1}
-    )
-    return VoidedInvoice(practice_id, invoice, after, freed, credited)
+    after = invoice.model_copy(update={"voided": True, "voided_at": now, "version": invoice.version + 1})
+    return VoidedInvoice(invoice, after, freed)

@@ -1,99 +1,65 @@
 """Reconciling what the card processor says happened with what we recorded.
 
-Processor events are hints that can arrive twice, late or out of order: each rule here reads the object's
-current state and moves our records toward it, and doing so again changes nothing.
+Processor events are hints that can arrive twice, late, concurrently or out of order: each rule here reads
+the object's current state from the processor and moves our records toward it, and doing so again changes
+nothing.
 """
 
-from datetime import datetime
 from enum import StrEnum
 
-from billing.allocation import Refund, RefundStatus, plan_refund
-from billing.errors import StaleState
-from billing.gateway import ChargeResult
-from billing.invoices import require_invoice
-from billing.invoicing import MAX_ATTEMPTS
-from billing.paying import PaymentStore, settle
-from billing.payments import Payment, PaymentStatus, idempotent_id
+from billing.books import Books
+from billing.gateway import ChargeResult, PaymentGateway
+from billing.localtime import Clock
+from billing.payment_service import apply_charge
+from billing.payments import PaymentStatus
+from billing.refund_service import record_processor_refund
+from billing.retry import optimistic
+from billing.unit_of_work import UnitOfWork
 
 
 class Reconciled(StrEnum):
     UNKNOWN_PAYMENT = "unknown_payment"  # not one of ours (or another environment's)
     ALREADY_RECORDED = "already_recorded"
-    SETTLED = "settled"
-    MARKED_FAILED = "marked_failed"
-    STILL_PENDING = "still_pending"
-    MISMATCH = "mismatch"  # we recorded a failure the processor now reports as paid: needs a person
-    REFUND_RECORDED = "refund_recorded"
+    RECORDED = "recorded"
+    STILL_PROCESSING = "still_processing"
+    REFUNDS_RECORDED = "refunds_recorded"
     DISPUTE_RECORDED = "dispute_recorded"
 
 
-def reconcile_charge(store: PaymentStore, practice_id: str, payment_id: str, current: ChargeResult) -> Reconciled:
+def reconcile_charge(books: Books, practice_id: str, payment_id: str, current: ChargeResult) -> Reconciled:
     """Bring a payment in line with its PaymentIntent's current state (after a crash, a timeout, or a webhook)."""
-    payment = store.get_payment(practice_id, payment_id)
-    if payment is None:
+    before = books.get_payment(practice_id, payment_id)
+    if before is None:
         return Reconciled.UNKNOWN_PAYMENT
-    if payment.status is PaymentStatus.PENDING:
-        if current.status == "succeeded":
-            settle(store, practice_id, payment.charged(current))
-            return Reconciled.SETTLED
-        if current.status == "failed":
-            failed = payment.failed(current)
-            try:
-                store.save_payment(practice_id, failed)
-            except StaleState:
-                return Reconciled.ALREADY_RECORDED  # the request itself recorded the outcome meanwhile
-            return Reconciled.MARKED_FAILED
-        return Reconciled.STILL_PENDING
-    if payment.status is PaymentStatus.FAILED and current.status == "succeeded":
-        return Reconciled.MISMATCH
-    return Reconciled.ALREADY_RECORDED
+    after = apply_charge(books, practice_id, payment_id, current)
+    if after.status is PaymentStatus.PROCESSING:
+        return Reconciled.STILL_PROCESSING
+    return Reconciled.ALREADY_RECORDED if after.version == before.version else Reconciled.RECORDED
 
 
 def reconcile_refunds(
-    store: PaymentStore, practice_id: str, payment_id: str, processor_refunded_cents: int, event_id: str, now: datetime
+    books: Books, gateway: PaymentGateway, clock: Clock, practice_id: str, payment_id: str, payment_intent_id: str
 ) -> Reconciled:
-    """Record refunds made at the processor outside this system (e.g. its dashboard) so balances stay true."""
-    for _ in range(MAX_ATTEMPTS):
-        payment = store.get_payment(practice_id, payment_id)
+    """Record every refund the processor has for the payment's charge — made by this API or elsewhere, in any
+    state — each under exactly one refund record."""
+    if books.get_payment(practice_id, payment_id) is None:
+        return Reconciled.UNKNOWN_PAYMENT
+    for found in gateway.refunds_of(payment_intent_id):
+        if found.metadata.get("payment_id") in (None, payment_id):
+            record_processor_refund(books, clock, practice_id, found, payment_id=payment_id)
+    return Reconciled.REFUNDS_RECORDED
+
+
+def record_dispute(books: Books, practice_id: str, payment_id: str, disputed_cents: int) -> Reconciled:
+    """Flag a disputed payment (the money is held by the processor until the dispute is decided)."""
+
+    def attempt() -> Reconciled:
+        payment = books.get_payment(practice_id, payment_id)
         if payment is None:
             return Reconciled.UNKNOWN_PAYMENT
-        missing = processor_refunded_cents - payment.refunded_cents
-        if missing <= 0:
+        if payment.disputed_cents >= disputed_cents:
             return Reconciled.ALREADY_RECORDED
-        refund_id = idempotent_id("re", practice_id, f"{payment_id}:{event_id}")
-        refund = store.get_refund(practice_id, refund_id)
-        if refund is None:
-            refund = Refund(
-                refund_id=refund_id,
-                payment_id=payment_id,
-                client_id=payment.client_id,
-                amount_cents=min(missing, payment.refundable_cents),
-                status=RefundStatus.PENDING,
-                created_at=now,
-            )
-            if not store.start_refund(practice_id, refund):
-                continue  # the same event is being recorded concurrently: look again
-        elif refund.status is RefundStatus.SUCCEEDED:
-            return Reconciled.ALREADY_RECORDED
-        invoices = [require_invoice(store, practice_id, a.invoice_id) for a in payment.allocations]
-        try:
-            store.commit_refund(plan_refund(practice_id, refund, payment, invoices))
-            return Reconciled.REFUND_RECORDED
-        except StaleState:
-            continue
-    return Reconciled.STILL_PENDING
+        books.commit(UnitOfWork(practice_id).change(payment, payment.next(disputed_cents=disputed_cents)))
+        return Reconciled.DISPUTE_RECORDED
 
-
-def record_dispute(store: PaymentStore, practice_id: str, payment_id: str, disputed_cents: int) -> Reconciled:
-    """Flag a disputed payment (the money is held by the processor until the dispute is decided)."""
-    payment = store.get_payment(practice_id, payment_id)
-    if payment is None:
-        return Reconciled.UNKNOWN_PAYMENT
-    if payment.disputed_cents >= disputed_cents:
-        return Reconciled.ALREADY_RECORDED
-    flagged: Payment = payment.model_copy(update={"disputed_cents": disputed_cents, "version": payment.version + 1})
-    try:
-        store.save_payment(practice_id, flagged)
-    except StaleState:
-        return record_dispute(store, practice_id, payment_id, disputed_cents)
-    return Reconciled.DISPUTE_RECORDED
+    return optimistic(attempt)

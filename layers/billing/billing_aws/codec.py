@@ -5,6 +5,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -34,6 +35,7 @@ def from_attributes(item: dict[str, Any]) -> dict[str, Any]:
     return {name: _plain(_deserializer.deserialize(value)) for name, value in item.items()}
 
 
-def model_attributes(model: BaseModel) -> dict[str, Any]:
-    """A model's JSON form (dates as ISO strings, enums as values)."""
-    return model.model_dump(mode="json")
+def record_attributes(model: BaseModel, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Every declared field of a stored object in its JSON form, whatever the API shows of it: what is stored
+    never depends on which fields the API model hides (``skip`` names view-only fields)."""
+    return {name: to_jsonable_python(getattr(model, name)) for name in type(model).model_fields if name not in skip}

@@ -25,6 +25,14 @@ def payment_sk(payment_id: str) -> str:
     return f"PAYMENT#{payment_id}"
 
 
+def idempotency_sk(key_digest: str) -> str:
+    return f"IDEMPOTENCY#{key_digest}"
+
+
+def refund_link_sk(processor_refund_id: str) -> str:
+    return f"PROCESSOR_REFUND#{processor_refund_id}"
+
+
 def key(practice_id: str, sort_key: str) -> dict[str, str]:
     return {"PK": practice_pk(practice_id), "SK": sort_key}
 

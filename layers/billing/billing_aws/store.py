@@ -7,21 +7,27 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from billing.accounts import Account
-from billing.allocation import Refund, RefundedPayment, SettledPayment
 from billing.calendar import Appointment, AppointmentStatus
 from billing.cards import Card
 from billing.clients import Client
 from billing.errors import StaleState
-from billing.invoices import Invoice, NewInvoice, VoidedInvoice
-from billing.payments import Payment, PaymentStatus
-from billing.practices import Practice
+from billing.invoices import Invoice
+from billing.payments import IdempotencyRecord, Payment, PaymentStatus, ProcessorRefundLink, Refund
+from billing.practices import Practice, PracticeSettings
+from billing.unit_of_work import MAX_ITEMS, AccountChange, Changed, Created, UnitOfWork
 from billing_aws import keys
-from billing_aws.codec import from_attributes, model_attributes, to_attributes, to_value
+from billing_aws.codec import from_attributes, record_attributes, to_attributes, to_value
 
 # Attributes that are storage bookkeeping, not part of any domain object.
 _KEY_ATTRIBUTES = frozenset({"PK", "SK", "GSI1PK", "GSI1SK", "GSI2PK", "GSI2SK", "GSI3PK", "GSI3SK", "kind"})
-_PAYMENT_PRIVATE_FIELDS = ("fingerprint", "requested_invoice_ids", "processor_customer_id", "payment_method_id")
 ACCOUNT_FIELDS = ("invoiced_cents", "paid_cents", "refunded_cents", "unallocated_credit_cents")
+# On the client item: its open invoices and its payments holding credit, as maps of id -> true, so that the
+# transactions that move money keep them exact and a use case reads them consistently (no index lag).
+OPEN_INVOICES = "open_invoices"
+CREDIT_PAYMENTS = "credit_payments"
+# What a practice item's settings are: exactly these fields are written by save_practice, nothing else
+# (the invoice counter beside them is moved only by the transaction that issues an invoice).
+_PRACTICE_FIELDS = (*PracticeSettings.model_fields, "practice_id", "created_at", "updated_at")
 
 
 def _domain_fields(item: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +74,8 @@ class BillingStore:
 
     def save_practice(self, practice: Practice) -> Practice:
         """Create or replace the settings; the invoice number counter is never touched here."""
-        values = model_attributes(practice) | {
+        stored = record_attributes(practice)
+        values = {name: stored[name] for name in _PRACTICE_FIELDS} | {
             "kind": "practice",
             "GSI1PK": keys.zone_gsi1pk(practice.timezone),
             "GSI1SK": keys.practice_pk(practice.practice_id),
@@ -101,8 +108,11 @@ class BillingStore:
         return Client.model_validate(found) if found else None
 
     def add_client(self, practice_id: str, client: Client) -> None:
-        values = model_attributes(client) | keys.key(practice_id, keys.client_sk(client.client_id))
-        values |= {"kind": "client"} | {name: 0 for name in ACCOUNT_FIELDS}
+        # The processor customer is set once, later, by set_processor_customer (if_not_exists).
+        values = record_attributes(client, skip=frozenset({"processor_customer_id"})) | keys.key(
+            practice_id, keys.client_sk(client.client_id)
+        )
+        values |= {"kind": "client", OPEN_INVOICES: {}, CREDIT_PAYMENTS: {}} | {name: 0 for name in ACCOUNT_FIELDS}
         self._db.put_item(
             TableName=self._table, Item=to_attributes(values), ConditionExpression="attribute_not_exists(PK)"
         )
@@ -115,7 +125,7 @@ class BillingStore:
     @staticmethod
     def appointment_item(practice_id: str, appointment: Appointment) -> dict[str, Any]:
         """The stored form of an appointment, with the index keys its state calls for."""
-        values = model_attributes(appointment) | keys.key(practice_id, keys.appointment_sk(appointment.appointment_id))
+        values = record_attributes(appointment) | keys.key(practice_id, keys.appointment_sk(appointment.appointment_id))
         values |= {
             "kind": "appointment",
             "GSI1PK": keys.calendar_gsi1pk(practice_id, appointment.local_date),
@@ -199,10 +209,7 @@ class BillingStore:
     # -- invoices ----------------------------------------------------------------------------------
     @staticmethod
     def invoice_item(practice_id: str, invoice: Invoice) -> dict[str, Any]:
-        values = invoice.model_dump(
-            mode="json", exclude={"status", "past_due", "number", "paid_cents", "balance_cents"}
-        )
-        values |= {"sequence": invoice.sequence, "voided": invoice.voided}
+        values = record_attributes(invoice, skip=frozenset({"as_of"}))
         return (
             values
             | keys.key(practice_id, keys.invoice_sk(invoice.invoice_id))
@@ -233,8 +240,7 @@ class BillingStore:
     # -- payments ----------------------------------------------------------------------------------
     @staticmethod
     def payment_item(practice_id: str, payment: Payment) -> dict[str, Any]:
-        values = model_attributes(payment) | keys.key(practice_id, keys.payment_sk(payment.payment_id))
-        values |= {name: getattr(payment, name) for name in _PAYMENT_PRIVATE_FIELDS}
+        values = record_attributes(payment) | keys.key(practice_id, keys.payment_sk(payment.payment_id))
         values |= {
             "kind": "payment",
             "GSI2PK": keys.client_gsi2pk(practice_id, payment.client_id),
@@ -249,144 +255,6 @@ class BillingStore:
     def get_payment(self, practice_id: str, payment_id: str) -> Payment | None:
         found = self._get(practice_id, keys.payment_sk(payment_id))
         return Payment.model_validate(found) if found else None
-
-    def open_credit(self, practice_id: str, client_id: str | None = None) -> list[Payment]:
-        """Payments with unallocated money (the clients' credit), oldest first."""
-        query: dict[str, Any] = {
-            "IndexName": "GSI3",
-            "KeyConditionExpression": "GSI3PK = :pk",
-            "ExpressionAttributeValues": {":pk": to_value(keys.credit_gsi3pk(practice_id))},
-        }
-        if client_id is not None:
-            query["FilterExpression"] = "client_id = :client"
-            query["ExpressionAttributeValues"][":client"] = to_value(client_id)
-        return [Payment.model_validate(found) for found in self._query(**query)]
-
-    # -- units of work -----------------------------------------------------------------------------
-    def _versioned_put(self, item: dict[str, Any], version: int) -> dict[str, Any]:
-        """A transaction Put that only lands if the stored item is still at ``version - 1``."""
-        return {
-            "Put": {
-                "TableName": self._table,
-                "Item": to_attributes(item),
-                "ConditionExpression": "#version = :expected",
-                "ExpressionAttributeNames": {"#version": "version"},
-                "ExpressionAttributeValues": {":expected": to_value(version - 1)},
-            }
-        }
-
-    def _account_change(self, practice_id: str, client_id: str, **deltas: int) -> dict[str, Any]:
-        names = {f"#d{i}": name for i, name in enumerate(deltas)}
-        values = {f":d{i}": to_value(delta) for i, delta in enumerate(deltas.values())}
-        return {
-            "Update": {
-                "TableName": self._table,
-                "Key": to_attributes(keys.key(practice_id, keys.client_sk(client_id))),
-                "UpdateExpression": "ADD " + ", ".join(f"#d{i} :d{i}" for i in range(len(deltas))),
-                "ConditionExpression": "attribute_exists(PK)",
-                "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": values,
-            }
-        }
-
-    def _transact(self, actions: list[dict[str, Any]]) -> None:
-        try:
-            self._db.transact_write_items(TransactItems=actions)
-        except ClientError as error:
-            if is_condition_failure(error):
-                raise StaleState("the data changed while the request was being handled; retry") from error
-            raise
-
-    def commit_new_invoice(self, plan: NewInvoice) -> None:
-        """Issue the invoice, take its number and appointments, move the account and credit: all or nothing."""
-        pid = plan.practice_id
-        invoice = plan.invoice
-        actions: list[dict[str, Any]] = [
-            {
-                "Put": {
-                    "TableName": self._table,
-                    "Item": to_attributes(self.invoice_item(pid, invoice)),
-                    "ConditionExpression": "attribute_not_exists(PK)",
-                }
-            },
-            {
-                "Update": {
-                    "TableName": self._table,
-                    "Key": to_attributes(keys.key(pid, keys.PRACTICE_SK)),
-                    "UpdateExpression": "SET #seq = :next",
-                    "ConditionExpression": "#seq = :previous",
-                    "ExpressionAttributeNames": {"#seq": "last_invoice_sequence"},
-                    "ExpressionAttributeValues": {
-                        ":next": to_value(invoice.sequence),
-                        ":previous": to_value(plan.previous_sequence),
-                    },
-                }
-            },
-        ]
-        actions += [self._versioned_put(self.appointment_item(pid, a), a.version) for a in plan.appointments]
-        actions += [self._versioned_put(self.payment_item(pid, u.payment), u.payment.version) for u in plan.credit]
-        actions.append(
-            self._account_change(
-                pid,
-                invoice.client_id,
-                invoiced_cents=invoice.total_cents,
-                unallocated_credit_cents=-invoice.paid_cents,
-            )
-        )
-        self._transact(actions)
-
-    def commit_void(self, plan: VoidedInvoice) -> None:
-        """Void the invoice, free its appointments and return its allocations to their payments as credit."""
-        pid = plan.practice_id
-        actions = [self._versioned_put(self.invoice_item(pid, plan.after), plan.after.version)]
-        actions += [self._versioned_put(self.appointment_item(pid, a), a.version) for a in plan.appointments]
-        actions += [self._versioned_put(self.payment_item(pid, p), p.version) for p in plan.payments]
-        actions.append(
-            self._account_change(
-                pid,
-                plan.before.client_id,
-                invoiced_cents=-plan.before.total_cents,
-                unallocated_credit_cents=plan.before.paid_cents,
-            )
-        )
-        self._transact(actions)
-
-    # -- payments: exactly-once steps ---------------------------------------------------------------
-    def _put_new(self, item: dict[str, Any]) -> bool:
-        """Write an item under a key nobody has used yet; False if the key is taken (a retry or a race)."""
-        try:
-            self._db.put_item(
-                TableName=self._table, Item=to_attributes(item), ConditionExpression="attribute_not_exists(PK)"
-            )
-            return True
-        except ClientError as error:
-            if is_condition_failure(error):
-                return False
-            raise
-
-    def start_payment(self, practice_id: str, payment: Payment) -> bool:
-        """Record a pending payment under its idempotent id; False if that id is already taken."""
-        return self._put_new(self.payment_item(practice_id, payment))
-
-    def save_payment(self, practice_id: str, payment: Payment) -> None:
-        """Write a payment whose money did not move (e.g. a decline), if nobody changed it meanwhile."""
-        self._transact([self._versioned_put(self.payment_item(practice_id, payment), payment.version)])
-
-    def commit_settlement(self, plan: SettledPayment) -> None:
-        """The payment succeeded: record it, its allocations, the invoices and the client's totals at once."""
-        pid = plan.practice_id
-        payment = plan.payment
-        actions = [self._versioned_put(self.payment_item(pid, payment), payment.version)]
-        actions += [self._versioned_put(self.invoice_item(pid, i), i.version) for i in plan.invoices]
-        actions.append(
-            self._account_change(
-                pid,
-                payment.client_id,
-                paid_cents=payment.amount_cents,
-                unallocated_credit_cents=payment.unallocated_cents,
-            )
-        )
-        self._transact(actions)
 
     def payments_of(self, practice_id: str, client_id: str) -> list[Payment]:
         return [
@@ -404,8 +272,9 @@ class BillingStore:
         )
 
     # -- refunds -----------------------------------------------------------------------------------
-    def refund_item(self, practice_id: str, refund: Refund) -> dict[str, Any]:
-        values = model_attributes(refund) | keys.key(practice_id, keys.refund_sk(refund.refund_id))
+    @staticmethod
+    def refund_item(practice_id: str, refund: Refund) -> dict[str, Any]:
+        values = record_attributes(refund) | keys.key(practice_id, keys.refund_sk(refund.refund_id))
         return values | {
             "kind": "refund",
             "GSI2PK": keys.client_gsi2pk(practice_id, refund.client_id),
@@ -416,27 +285,163 @@ class BillingStore:
         found = self._get(practice_id, keys.refund_sk(refund_id))
         return Refund.model_validate(found) if found else None
 
-    def start_refund(self, practice_id: str, refund: Refund) -> bool:
-        """Record a pending refund under its id before the processor is asked; False if already there."""
-        return self._put_new(self.refund_item(practice_id, refund))
-
-    def commit_refund(self, plan: RefundedPayment) -> None:
-        """Record the refund, the payment's and invoices' new allocations and the client's totals at once."""
-        pid = plan.practice_id
-        actions = [
-            self._versioned_put(self.refund_item(pid, plan.refund), plan.refund.version),
-            self._versioned_put(self.payment_item(pid, plan.payment), plan.payment.version),
+    def refunds_of(self, practice_id: str, client_id: str) -> list[Refund]:
+        return [
+            Refund.model_validate(found) for found in self._timeline(practice_id, client_id, keys.REFUND_GSI2_PREFIX)
         ]
-        actions += [self._versioned_put(self.invoice_item(pid, i), i.version) for i in plan.invoices]
-        actions.append(
-            self._account_change(
-                pid,
-                plan.payment.client_id,
-                refunded_cents=plan.refund.amount_cents,
-                unallocated_credit_cents=-plan.from_credit_cents,
+
+    # -- the one commit ------------------------------------------------------------------------------
+    def _item_of(self, practice_id: str, record: Created | Changed) -> dict[str, Any]:
+        if isinstance(record, Invoice):
+            return self.invoice_item(practice_id, record)
+        if isinstance(record, Payment):
+            return self.payment_item(practice_id, record)
+        if isinstance(record, Refund):
+            return self.refund_item(practice_id, record)
+        if isinstance(record, Appointment):
+            return self.appointment_item(practice_id, record)
+        if isinstance(record, IdempotencyRecord):
+            return record_attributes(record) | keys.key(practice_id, keys.idempotency_sk(record.key_digest))
+        if isinstance(record, ProcessorRefundLink):
+            return record_attributes(record) | keys.key(practice_id, keys.refund_link_sk(record.processor_refund_id))
+        raise TypeError(f"cannot store {type(record).__name__}")
+
+    def _versioned_put(self, item: dict[str, Any], version: int) -> dict[str, Any]:
+        """A transaction Put that only lands if the stored item is still at ``version - 1``."""
+        return {
+            "Put": {
+                "TableName": self._table,
+                "Item": to_attributes(item),
+                "ConditionExpression": "#version = :expected",
+                "ExpressionAttributeNames": {"#version": "version"},
+                "ExpressionAttributeValues": {":expected": to_value(version - 1)},
+            }
+        }
+
+    def _new_put(self, item: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "Put": {
+                "TableName": self._table,
+                "Item": to_attributes(item),
+                "ConditionExpression": "attribute_not_exists(PK)",
+            }
+        }
+
+    def _account_update(self, practice_id: str, client_id: str, change: AccountChange) -> dict[str, Any]:
+        """The client's running totals (ADD) and its open-invoice and credit lists (map entries, SET/REMOVE)."""
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        adds: list[str] = []
+        sets: list[str] = []
+        removes: list[str] = []
+        for i, (name, cents) in enumerate(change.totals.items()):
+            names[f"#t{i}"], values[f":t{i}"] = name, to_value(cents)
+            adds.append(f"#t{i} :t{i}")
+        lists = [
+            (OPEN_INVOICES, change.opened, sets),
+            (OPEN_INVOICES, change.closed, removes),
+            (CREDIT_PAYMENTS, change.credit_added, sets),
+            (CREDIT_PAYMENTS, change.credit_removed, removes),
+        ]
+        for n, (attribute, object_ids, clause) in enumerate(lists):
+            for j, object_id in enumerate(sorted(object_ids)):
+                names[f"#l{n}"], names[f"#e{n}_{j}"] = attribute, object_id
+                clause.append(f"#l{n}.#e{n}_{j}" + (" = :yes" if clause is sets else ""))
+        if sets:
+            values[":yes"] = {"BOOL": True}
+        clauses = [("ADD", adds), ("SET", sets), ("REMOVE", removes)]
+        update: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": to_attributes(keys.key(practice_id, keys.client_sk(client_id))),
+            "UpdateExpression": " ".join(f"{verb} {', '.join(parts)}" for verb, parts in clauses if parts),
+            "ConditionExpression": "attribute_exists(PK)",
+            "ExpressionAttributeNames": names,
+        }
+        if values:
+            update["ExpressionAttributeValues"] = values
+        return {"Update": update}
+
+    def commit(self, unit: UnitOfWork) -> None:
+        """Commit a unit of work as one transaction (all or nothing); StaleState when a condition failed.
+
+        Refuses a unit over DynamoDB's 100-item limit before sending it (moto would accept it; AWS would not)."""
+        pid = unit.practice_id
+        actions = [self._new_put(self._item_of(pid, record)) for record in unit.created]
+        actions += [self._versioned_put(self._item_of(pid, record), record.version) for record in unit.changed]
+        if unit.invoice_sequence is not None:
+            previous, following = unit.invoice_sequence
+            actions.append(
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": to_attributes(keys.key(pid, keys.PRACTICE_SK)),
+                        "UpdateExpression": "SET #seq = :next",
+                        "ConditionExpression": "#seq = :previous",
+                        "ExpressionAttributeNames": {"#seq": "last_invoice_sequence"},
+                        "ExpressionAttributeValues": {":next": to_value(following), ":previous": to_value(previous)},
+                    }
+                }
             )
-        )
-        self._transact(actions)
+        actions += [
+            self._account_update(pid, client_id, change)
+            for client_id, change in unit.accounts.items()
+            if not change.empty
+        ]
+        if len(actions) > MAX_ITEMS:
+            raise ValueError(f"a unit of work of {len(actions)} items exceeds DynamoDB's {MAX_ITEMS}-item transaction")
+        if actions:
+            self._transact(actions)
+
+    def _transact(self, actions: list[dict[str, Any]]) -> None:
+        try:
+            self._db.transact_write_items(TransactItems=actions)
+        except ClientError as error:
+            if is_condition_failure(error):
+                raise StaleState("the data changed while the request was being handled; retry") from error
+            raise
+
+    # -- consistent reads by id -----------------------------------------------------------------------
+    def _batch_get(self, practice_id: str, sort_keys: list[str]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        wanted = list(dict.fromkeys(sort_keys))
+        for start in range(0, len(wanted), 100):
+            request: dict[str, Any] = {
+                self._table: {
+                    "Keys": [to_attributes(keys.key(practice_id, sk)) for sk in wanted[start : start + 100]],
+                    "ConsistentRead": True,
+                }
+            }
+            while request:
+                response = self._db.batch_get_item(RequestItems=request)
+                found += [_domain_fields(i) for i in response["Responses"].get(self._table, [])]
+                request = response.get("UnprocessedKeys") or {}
+        return found
+
+    def invoices_by_id(self, practice_id: str, invoice_ids: list[str]) -> list[Invoice]:
+        return [
+            Invoice.model_validate(i) for i in self._batch_get(practice_id, [keys.invoice_sk(i) for i in invoice_ids])
+        ]
+
+    def payments_by_id(self, practice_id: str, payment_ids: list[str]) -> list[Payment]:
+        return [
+            Payment.model_validate(i) for i in self._batch_get(practice_id, [keys.payment_sk(i) for i in payment_ids])
+        ]
+
+    def open_invoice_ids(self, practice_id: str, client_id: str) -> list[str]:
+        found = self._get(practice_id, keys.client_sk(client_id)) or {}
+        return sorted(found.get(OPEN_INVOICES) or {})
+
+    def credit_payment_ids(self, practice_id: str, client_id: str) -> list[str]:
+        found = self._get(practice_id, keys.client_sk(client_id)) or {}
+        return sorted(found.get(CREDIT_PAYMENTS) or {})
+
+    def get_idempotency_record(self, practice_id: str, key_digest: str) -> IdempotencyRecord | None:
+        found = self._get(practice_id, keys.idempotency_sk(key_digest))
+        return IdempotencyRecord.model_validate(found) if found else None
+
+    def get_refund_link(self, practice_id: str, processor_refund_id: str) -> ProcessorRefundLink | None:
+        found = self._get(practice_id, keys.refund_link_sk(processor_refund_id))
+        return ProcessorRefundLink.model_validate(found) if found else None
 
     # -- cards -------------------------------------------------------------------------------------
     def cards_of(self, practice_id: str, client_id: str) -> list[Card]:
@@ -452,7 +457,7 @@ class BillingStore:
         )
 
     def add_card(self, practice_id: str, card: Card) -> None:
-        values = model_attributes(card) | keys.key(practice_id, keys.card_sk(card.card_id))
+        values = record_attributes(card) | keys.key(practice_id, keys.card_sk(card.card_id))
         values |= {
             "kind": "card",
             "GSI2PK": keys.client_gsi2pk(practice_id, card.client_id),

@@ -40,9 +40,11 @@ def nightly_schedules() -> NightlySchedules:
     )
 
 
-@cache
 def gateway() -> "StripeGateway":
-    """The card processor; imported lazily so functions that never charge do not load the Stripe SDK."""
-    from billing_stripe.gateway import StripeGateway, load_stripe_settings
+    """The card processor; imported lazily so functions that never charge do not load the Stripe SDK.
 
-    return StripeGateway(load_stripe_settings())
+    Not cached here: the same gateway is reused while the Stripe secret is unchanged, and a rotated secret
+    is picked up within ``SECRET_MAX_AGE_SECONDS`` (``billing_stripe.gateway.current_gateway``)."""
+    from billing_stripe.gateway import current_gateway
+
+    return current_gateway()

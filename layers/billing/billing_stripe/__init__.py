@@ -9,9 +9,12 @@ from billing_stripe.gateway import (
     ChargeStatus,
     GatewayUnavailable,
     Refund,
+    RefundStatus,
     StripeGateway,
     StripeSettings,
+    current_gateway,
     load_stripe_settings,
+    safe_metadata,
 )
 
 __all__ = [
@@ -20,7 +23,10 @@ __all__ = [
     "ChargeStatus",
     "GatewayUnavailable",
     "Refund",
+    "RefundStatus",
     "StripeGateway",
     "StripeSettings",
+    "current_gateway",
     "load_stripe_settings",
+    "safe_metadata",
 ]

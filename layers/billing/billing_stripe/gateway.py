@@ -8,48 +8,105 @@ Errors, as a caller sees them:
 
 - a card decline on a charge is an outcome (``ChargeOutcome(status="failed", decline_code=...)``),
   on attaching a card it is ``billing.errors.PaymentDeclined``;
+- a charge that is not final yet (Stripe's ``processing``, ``requires_action``, ...) is an outcome too
+  (``status="processing"``), never a decline: a webhook or ``retrieve_payment_intent`` tells the end;
 - Stripe rejecting the request (unknown payment method, refund larger than what is left, ...) is
-  ``billing.errors.InvalidRequest`` / ``Conflict`` with Stripe's message;
+  ``billing.errors.InvalidRequest`` / ``Conflict`` with Stripe's message; an unknown PaymentIntent or
+  Refund asked for by id is ``NotFound``;
 - Stripe unreachable, 5xx, rate limited, or the same idempotency key still in flight is
   ``GatewayUnavailable``: nothing is known about the outcome, so retry with the same idempotency key
-  (or recover with ``find_charge``).
+  (or recover with ``find_charge`` / ``refunds_of``).
+
+Time budget (see ``request_worst_case_seconds``): every request gives up after a bounded time, so that
+the calling Lambda (Timeout 15 s) always has time left to record what happened.
 """
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from functools import cache
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from functools import cache, lru_cache
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 
 import stripe
 from aws_lambda_powertools.utilities import parameters
+from botocore.config import Config
 from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr
+from stripe.params import PaymentIntentListParams, RefundListParams
 
 from billing.errors import Conflict, InvalidRequest, NotFound, PaymentDeclined, ProcessorUnavailable
+from billing.gateway import (
+    CHARGE_FAILED,
+    CHARGE_PROCESSING,
+    CHARGE_SUCCEEDED,
+    REFUND_FAILED,
+    REFUND_PENDING,
+    REFUND_SUCCEEDED,
+    RefundResult,
+)
 
 WEBHOOK_TOLERANCE_SECONDS = 300
+
+# ---- time budget -------------------------------------------------------------------------------
+# One Stripe request, worst case, as the SDK runs it (stripe._http_client.HTTPClient):
+#   attempts  = 1 + MAX_NETWORK_RETRIES                          = 2
+#   attempt  <= CONNECT_TIMEOUT + READ_TIMEOUT = 1.0 s + 3.0 s    = 4.0 s
+#   backoff  <= sum(min(0.5 * 2**(n - 1), 5) for n in 1..retries) = 0.5 s   (jitter only shortens it)
+#   request  <= 2 * 4.0 s + 0.5 s                                 = 8.5 s
+# Lookups that page (find_charge's scan, refunds_of) start no further page after
+# PAGING_DEADLINE_SECONDS, so they take at most 2.0 s + 8.5 s = 10.5 s.
+# Reading the Stripe secret (at most once per SECRET_MAX_AGE_SECONDS) takes at most
+#   SECRET_CONNECT_TIMEOUT + SECRET_READ_TIMEOUT = 1.0 s + 1.0 s = 2.0 s (one attempt: it happens before
+# anything is charged, so failing it fails the request harmlessly).
+# Worst invocation: 2.0 s (secret) + 10.5 s (paged lookup) = 12.5 s of the Lambda's 15 s, leaving 2.5 s
+# (>= RECORDING_MARGIN_SECONDS) to record the outcome. tests/unit/test_stripe_budget.py checks this against
+# the Timeout in template.yaml of every function that reads the Stripe secret.
+CONNECT_TIMEOUT_SECONDS = 1.0
+READ_TIMEOUT_SECONDS = 3.0
+MAX_NETWORK_RETRIES = 1
+PAGING_DEADLINE_SECONDS = 2.0
+SECRET_CONNECT_TIMEOUT_SECONDS = 1.0
+SECRET_READ_TIMEOUT_SECONDS = 1.0
 SECRET_MAX_AGE_SECONDS = 300
-MAX_NETWORK_RETRIES = 2
-DEFAULT_TIMEOUT_SECONDS = 10.0
+RECORDING_MARGIN_SECONDS = 2.0
 
 # The charge's fee lives on its balance transaction; expanding it saves a round trip per charge.
 _PI_EXPAND = ["latest_charge.balance_transaction"]
-# A customer's recent PaymentIntents scanned when search cannot find a charge (newest first).
-_LIST_SCAN_LIMIT = 300
+_PAGE_SIZE = 100
 
 # Metadata is the only free-form data sent to Stripe, so only opaque ids are allowed into it.
 _METADATA_KEY = re.compile(r"^[a-z][a-z0-9_]{0,36}_id$")
 _METADATA_EXTRA_KEYS = frozenset({"idempotency_key", "purpose"})
 _OPAQUE_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,254}$")
 
-ChargeStatus = Literal["succeeded", "failed", "requires_action"]
+ChargeStatus = Literal["succeeded", "failed", "processing"]
+RefundStatus = Literal["pending", "succeeded", "failed"]
+
+# Stripe's PaymentIntent statuses in the domain's terms; anything else (processing, requires_action,
+# requires_confirmation, requires_capture, or a status Stripe adds later) is not final: "processing".
+_FAILED_INTENT_STATUSES = frozenset({"requires_payment_method", "canceled"})
+# Stripe's Refund statuses in the domain's terms; anything else (pending, requires_action, unknown) is pending.
+_REFUND_STATUSES = {"succeeded": REFUND_SUCCEEDED, "failed": REFUND_FAILED, "canceled": REFUND_FAILED}
 
 
-def _charge_status(value: str) -> str:
-    if value not in get_args(ChargeStatus):
-        raise ValueError(f"status must be one of {get_args(ChargeStatus)}")
-    return value
+def request_worst_case_seconds() -> float:
+    """The longest one Stripe request can take, retries and backoff included (see the budget above)."""
+    attempts = 1 + MAX_NETWORK_RETRIES
+    backoff = sum(
+        min(stripe.HTTPClient.INITIAL_DELAY * 2 ** (retry - 1), stripe.HTTPClient.MAX_DELAY)
+        for retry in range(1, MAX_NETWORK_RETRIES + 1)
+    )
+    return attempts * (CONNECT_TIMEOUT_SECONDS + READ_TIMEOUT_SECONDS) + backoff
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"status must be one of {allowed}")
+        return value
+
+    return check
 
 
 class GatewayUnavailable(ProcessorUnavailable):
@@ -62,7 +119,11 @@ class GatewayUnavailable(ProcessorUnavailable):
 
 
 class StripeSettings(BaseModel):
-    """Credentials and endpoint of the Stripe account (secrets are ``SecretStr`` so they never print)."""
+    """Credentials and endpoint of the Stripe account (secrets are ``SecretStr`` so they never print).
+
+    Frozen and hashable, and equal exactly when the keys are: ``current_gateway`` rebuilds the client
+    only when the settings changed (a rotated secret).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -72,11 +133,23 @@ class StripeSettings(BaseModel):
 
 
 @cache
+def _secrets() -> parameters.SecretsProvider:
+    # One provider per container: it caches the secret for max_age (Powertools), and its client gives up
+    # quickly (see the budget above) instead of botocore's default 60 s timeouts and retries.
+    config = Config(
+        connect_timeout=SECRET_CONNECT_TIMEOUT_SECONDS,
+        read_timeout=SECRET_READ_TIMEOUT_SECONDS,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+    )
+    return parameters.SecretsProvider(boto_config=config)
+
+
 def load_stripe_settings() -> StripeSettings:
     """The container's Stripe settings: from ``STRIPE_SECRET_KEY`` (+ ``STRIPE_WEBHOOK_SECRET``,
     ``STRIPE_API_BASE``) when set, else from the Secrets Manager secret named by ``STRIPE_SECRET_ID``.
 
-    Read once per container (``load_stripe_settings.cache_clear()`` forgets it).
+    The secret is cached for ``SECRET_MAX_AGE_SECONDS`` (Powertools Parameters) and then read again, so a
+    rotated Stripe key is picked up within that time without a new container.
     """
     secret_key = os.environ.get("STRIPE_SECRET_KEY")
     if secret_key:
@@ -90,12 +163,23 @@ def load_stripe_settings() -> StripeSettings:
     secret_id = os.environ.get("STRIPE_SECRET_ID")
     if not secret_id:
         raise RuntimeError("Stripe is not configured: set STRIPE_SECRET_ID (or STRIPE_SECRET_KEY locally)")
-    value = parameters.get_secret(secret_id, transform="json", max_age=SECRET_MAX_AGE_SECONDS)
+    value = _secrets().get(secret_id, transform="json", max_age=SECRET_MAX_AGE_SECONDS)
     if not isinstance(value, dict) or not value.get("secret_key"):
         raise RuntimeError(f"Secret {secret_id} must be JSON with 'secret_key' and 'webhook_secret'")
     return StripeSettings.model_validate(
         {"secret_key": value["secret_key"], "webhook_secret": value.get("webhook_secret") or None}
     )
+
+
+def current_gateway() -> "StripeGateway":
+    """The container's gateway on the current settings: the same object while the settings are the same,
+    a new one (new key, new HTTP client) once a rotated secret has been read."""
+    return _gateway_for(load_stripe_settings())
+
+
+@lru_cache(maxsize=1)
+def _gateway_for(settings: StripeSettings) -> "StripeGateway":
+    return StripeGateway(settings)
 
 
 class Card(BaseModel):
@@ -111,13 +195,14 @@ class Card(BaseModel):
 class ChargeOutcome(BaseModel):
     """What happened to a charge (a PaymentIntent), in the terms the payments domain needs.
 
-    ``status``: ``succeeded``; ``failed`` (declined or canceled; ``decline_code`` says why); or
-    ``requires_action`` (the card needs the client present, or Stripe has not finished: not charged yet,
-    a webhook will tell). ``stripe_status`` is the PaymentIntent's own status.
+    ``status``: ``succeeded``; ``failed`` (declined or canceled: no money moved; ``decline_code`` says
+    why when Stripe said); or ``processing`` (not final: Stripe's ``processing``, ``requires_action``,
+    ``requires_confirmation``, ``requires_capture``; never a decline, a webhook tells the end).
+    ``stripe_status`` is the PaymentIntent's own status.
     """
 
     # Typed ``str`` (validated against ChargeStatus) so it matches the domain's ChargeResult protocol.
-    status: Annotated[str, AfterValidator(_charge_status)]
+    status: Annotated[str, AfterValidator(_one_of(get_args(ChargeStatus)))]
     payment_intent_id: str
     charge_id: str | None = None
     decline_code: str | None = None
@@ -130,22 +215,36 @@ class ChargeOutcome(BaseModel):
 
 
 class Refund(BaseModel):
-    """A refund as Stripe recorded it (``status``: ``succeeded``, ``pending``, ``failed``, ...)."""
+    """A refund, in the domain's terms: ``status`` is ``pending`` (asked for, not final: Stripe's
+    ``pending`` and ``requires_action``), ``succeeded`` or ``failed`` (Stripe's ``failed`` and
+    ``canceled``; ``failure_reason`` says why when Stripe said). ``stripe_status`` is Stripe's own."""
 
     refund_id: str
-    status: str
+    status: Annotated[str, AfterValidator(_one_of(get_args(RefundStatus)))]
     amount_cents: int
+    payment_intent_id: str | None = None
+    charge_id: str | None = None
+    currency: str | None = None
+    failure_reason: str | None = None
+    stripe_status: str | None = None
+    metadata: dict[str, str] = {}
 
 
 class StripeGateway:
     """Customers, cards, off-session charges, refunds and webhooks of one Stripe account."""
 
-    def __init__(self, settings: StripeSettings, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
-        """A gateway on ``settings``; each request times out after ``timeout_seconds`` and is retried
-        by the SDK up to ``MAX_NETWORK_RETRIES`` times with the same idempotency key."""
+    def __init__(
+        self,
+        settings: StripeSettings,
+        *,
+        connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
+        read_timeout_seconds: float = READ_TIMEOUT_SECONDS,
+    ) -> None:
+        """A gateway on ``settings``. Each request attempt gives up after the connect and read timeouts and
+        the SDK retries it ``MAX_NETWORK_RETRIES`` times with the same idempotency key."""
         self._settings = settings
-        # A bounded timeout turns a hung request into GatewayUnavailable before the Lambda times out.
-        http_client = stripe.RequestsClient(timeout=timeout_seconds)
+        # Bounded timeouts turn a hung request into GatewayUnavailable well before the Lambda times out.
+        http_client = stripe.RequestsClient(timeout=(connect_timeout_seconds, read_timeout_seconds))
         if settings.api_base:
             self._client = stripe.StripeClient(
                 settings.secret_key.get_secret_value(),
@@ -160,14 +259,18 @@ class StripeGateway:
                 http_client=http_client,
             )
 
+    @property
+    def settings(self) -> StripeSettings:
+        return self._settings
+
     # ---- customers and cards -------------------------------------------------------------------
 
     def create_customer(self, practice_id: str, client_id: str, idempotency_key: str) -> str:
         """Create the Stripe customer of a client and return its id (``cus_...``).
 
-        Only the two ids are sent; the same ``idempotency_key`` returns the same customer.
+        Only the two ids are sent; the same ``idempotency_key`` returns the same customer (for 24 hours).
         """
-        metadata = _safe_metadata({"practice_id": practice_id, "client_id": client_id})
+        metadata = safe_metadata({"practice_id": practice_id, "client_id": client_id})
         with _outage_is_unavailable():
             try:
                 customer = self._client.v1.customers.create(
@@ -222,16 +325,19 @@ class StripeGateway:
         idempotency_key: str,
         metadata: Mapping[str, str],
     ) -> ChargeOutcome:
-        """Charge a card on file off-session, at most once per ``idempotency_key``.
+        """Charge a card on file off-session, at most once per ``idempotency_key`` (while Stripe remembers
+        it: 24 hours; after that, ``find_charge`` first).
 
         A decline is a ``failed`` outcome with Stripe's decline code (``authentication_required`` when
-        the card needs the client present). Raises ``GatewayUnavailable`` when the outcome is unknown:
-        call again with the same key, or ``find_charge``. ``metadata`` may hold only opaque ids
-        (keys ending in ``_id``); anything else raises ``ValueError`` before Stripe is called.
+        the card needs the client present); a charge Stripe has not finished is ``processing``. Raises
+        ``GatewayUnavailable`` when the outcome is unknown: call again with the same key, or
+        ``find_charge``; ``Conflict(code="idempotency_key_reused")`` when the key was used with other
+        parameters. ``metadata`` may hold only opaque ids (keys ending in ``_id``); anything else raises
+        ``ValueError`` before Stripe is called.
         """
         if amount_cents <= 0:
             raise InvalidRequest("A charge must be for a positive amount.", code="invalid_amount")
-        sent_metadata = _safe_metadata({**metadata, "idempotency_key": idempotency_key})
+        sent_metadata = safe_metadata({**metadata, "idempotency_key": idempotency_key})
         with _outage_is_unavailable():
             try:
                 intent = self._client.v1.payment_intents.create(
@@ -258,8 +364,11 @@ class StripeGateway:
     def find_charge(self, idempotency_key: str, customer_id: str) -> ChargeOutcome | None:
         """The charge made with ``idempotency_key`` for the customer (e.g. before a crash), or None.
 
-        Searches PaymentIntents by ``metadata['idempotency_key']``; when search fails or finds nothing
-        (Stripe's search index lags by up to a minute) it scans the customer's recent PaymentIntents.
+        Reads ``metadata['idempotency_key']``, not Stripe's idempotency cache, so it works after Stripe has
+        forgotten the key (24 hours). Searches first; when search fails or finds nothing (its index lags by
+        up to a minute) it scans all of the customer's PaymentIntents, newest first. None is only answered
+        after the whole scan; a scan that runs out of time raises ``GatewayUnavailable`` instead.
+        Should one key have made several PaymentIntents, the succeeded one wins, then a processing one.
         """
         with _outage_is_unavailable():
             intent = self._find_intent(idempotency_key, customer_id)
@@ -286,15 +395,17 @@ class StripeGateway:
         idempotency_key: str,
         metadata: Mapping[str, str],
     ) -> Refund:
-        """Refund ``amount_cents`` of a succeeded charge, at most once per ``idempotency_key``.
+        """Refund ``amount_cents`` of a succeeded charge, at most once per ``idempotency_key`` (while Stripe
+        remembers it: 24 hours; after that, look with ``refunds_of`` first: the key is in the metadata).
 
-        Raises ``Conflict`` with Stripe's message when Stripe refuses (more than what is left,
-        already refunded, disputed, not succeeded) and ``GatewayUnavailable`` when the outcome is
-        unknown (retry with the same key).
+        The refund may be ``pending`` (a webhook or ``retrieve_refund`` tells the end). Raises ``Conflict``
+        with Stripe's message when Stripe refuses (more than what is left, already refunded, disputed, not
+        succeeded), ``NotFound`` for an unknown PaymentIntent and ``GatewayUnavailable`` when the outcome
+        is unknown (retry with the same key).
         """
         if amount_cents <= 0:
             raise InvalidRequest("A refund must be for a positive amount.", code="invalid_amount")
-        sent_metadata = _safe_metadata({**metadata, "idempotency_key": idempotency_key})
+        sent_metadata = safe_metadata({**metadata, "idempotency_key": idempotency_key})
         with _outage_is_unavailable():
             try:
                 refund = self._client.v1.refunds.create(
@@ -302,8 +413,44 @@ class StripeGateway:
                     {"idempotency_key": idempotency_key},
                 )
             except stripe.InvalidRequestError as error:
+                if error.code == "resource_missing" and error.param == "payment_intent":
+                    raise NotFound("payment_intent", payment_intent_id) from error
                 raise Conflict(_message(error), details=_stripe_details(error)) from error
-        return Refund(refund_id=refund.id, status=refund.status or "pending", amount_cents=refund.amount)
+        return _refund(refund)
+
+    def refunds_of(self, payment_intent_id: str) -> "list[RefundResult]":
+        """Every refund of the PaymentIntent's charge (newest first), whoever made it and whatever its status.
+
+        Raises ``NotFound`` for an unknown PaymentIntent and ``GatewayUnavailable`` when Stripe cannot be
+        read (or the pages cannot all be read in time): never a partial list. The items are ``Refund``s
+        (typed as the protocol's ``RefundResult`` because ``list`` is invariant).
+        """
+        deadline = _Deadline(PAGING_DEADLINE_SECONDS)
+
+        def page(after: str | None) -> stripe.ListObject[stripe.Refund]:
+            params: RefundListParams = {"payment_intent": payment_intent_id, "limit": _PAGE_SIZE}
+            if after:
+                params["starting_after"] = after
+            return self._client.v1.refunds.list(params)
+
+        with _outage_is_unavailable():
+            try:
+                return [_refund(refund) for refund in _every(page, deadline)]
+            except stripe.InvalidRequestError as error:
+                if error.code == "resource_missing":
+                    raise NotFound("payment_intent", payment_intent_id) from error
+                raise _invalid_request(error) from error
+
+    def retrieve_refund(self, refund_id: str) -> Refund:
+        """The current state of a refund; ``NotFound`` when Stripe has no such refund."""
+        with _outage_is_unavailable():
+            try:
+                refund = self._client.v1.refunds.retrieve(refund_id)
+            except stripe.InvalidRequestError as error:
+                if error.http_status == 404:
+                    raise NotFound("refund", refund_id) from error
+                raise _invalid_request(error) from error
+        return _refund(refund)
 
     # ---- webhooks ------------------------------------------------------------------------------
 
@@ -337,7 +484,7 @@ class StripeGateway:
         if intent is None:
             raise GatewayUnavailable("Stripe declined the charge but named no PaymentIntent") from error
         return ChargeOutcome(
-            status="failed",
+            status=CHARGE_FAILED,
             payment_intent_id=intent.id,
             charge_id=details.charge if details is not None else None,
             decline_code=_decline_code(error),
@@ -349,36 +496,76 @@ class StripeGateway:
         )
 
     def _find_intent(self, idempotency_key: str, customer_id: str) -> stripe.PaymentIntent | None:
-        escaped = idempotency_key.replace("\\", "\\\\").replace("'", "\\'")
-        query = f"metadata['idempotency_key']:'{escaped}'"
-        found: list[stripe.PaymentIntent] = []
+        deadline = _Deadline(PAGING_DEADLINE_SECONDS)
+        found = self._search(idempotency_key, customer_id)
+        if not found:
+            found = self._scan_customer(idempotency_key, customer_id, deadline)
+        if not found:
+            return None
+        return max(found, key=lambda intent: (_preference(intent), intent.created))
+
+    def _search(self, idempotency_key: str, customer_id: str) -> list[stripe.PaymentIntent]:
+        query = f"metadata['idempotency_key']:'{_quoted(idempotency_key)}' AND customer:'{_quoted(customer_id)}'"
         try:
             result = self._client.v1.payment_intents.search(
                 {"query": query, "limit": 10, "expand": [f"data.{path}" for path in _PI_EXPAND]}
             )
-            found = [intent for intent in result.data if _customer_id(intent) == customer_id]
         except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError):
             raise
         except stripe.StripeError:
-            found = []  # search is not available everywhere (and restricted keys may lack it): list instead
-        if not found:
-            found = self._scan_customer(idempotency_key, customer_id)
-        if not found:
-            return None
-        # One key makes one PaymentIntent; should Stripe have forgotten the key (24 h), prefer the success.
-        return sorted(found, key=lambda intent: (intent.status == "succeeded", intent.created), reverse=True)[0]
+            return []  # search is not available everywhere (and restricted keys may lack it): scan instead
+        return [intent for intent in result.data if _customer_id(intent) == customer_id]
 
-    def _scan_customer(self, idempotency_key: str, customer_id: str) -> list[stripe.PaymentIntent]:
-        page = self._client.v1.payment_intents.list(
-            {"customer": customer_id, "limit": 100, "expand": [f"data.{path}" for path in _PI_EXPAND]}
-        )
-        found = []
-        for index, intent in enumerate(page.auto_paging_iter()):
-            if index >= _LIST_SCAN_LIMIT:
-                break
-            if _plain_metadata(intent).get("idempotency_key") == idempotency_key:
+    def _scan_customer(
+        self, idempotency_key: str, customer_id: str, deadline: "_Deadline"
+    ) -> list[stripe.PaymentIntent]:
+        def page(after: str | None) -> stripe.ListObject[stripe.PaymentIntent]:
+            params: PaymentIntentListParams = {
+                "customer": customer_id,
+                "limit": _PAGE_SIZE,
+                "expand": [f"data.{path}" for path in _PI_EXPAND],
+            }
+            if after:
+                params["starting_after"] = after
+            return self._client.v1.payment_intents.list(params)
+
+        found: list[stripe.PaymentIntent] = []
+        try:
+            for intent in _every(page, deadline):
+                if _plain_metadata(intent).get("idempotency_key") != idempotency_key:
+                    continue
                 found.append(intent)
+                if intent.status == "succeeded":
+                    break  # nothing can be preferred to the charge that took the money
+        except GatewayUnavailable:
+            if not found:
+                raise  # "no charge" must never be a guess: it would invite a second charge
         return found
+
+
+class _Deadline:
+    """Paged lookups start no further request after ``seconds`` (the Lambda must keep time to record)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._ends = time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self._ends:
+            raise GatewayUnavailable("Stripe could not be read completely in time")
+
+
+_Item = TypeVar("_Item", bound=stripe.StripeObject)
+
+
+def _every(page: Callable[[str | None], stripe.ListObject[_Item]], deadline: _Deadline) -> Iterator[_Item]:
+    """Every item of a Stripe list, page by page (``page(starting_after)``), within ``deadline``."""
+    current = page(None)
+    while True:
+        yield from current.data
+        if not current.has_more or not current.data:
+            return
+        deadline.check()
+        current = page(str(current.data[-1]["id"]))
 
 
 @contextmanager
@@ -396,18 +583,18 @@ def _outage_is_unavailable() -> Iterator[None]:
 
 
 def _outcome(intent: stripe.PaymentIntent) -> ChargeOutcome:
-    status: ChargeStatus
     if intent.status == "succeeded":
-        status = "succeeded"
-    elif intent.status in ("requires_payment_method", "canceled"):
-        status = "failed"
+        status = CHARGE_SUCCEEDED
+    elif intent.status in _FAILED_INTENT_STATUSES:
+        status = CHARGE_FAILED
     else:
-        # requires_action, processing, ...: not charged (yet); never "failed", which would invite a retry.
-        status = "requires_action"
+        # processing, requires_action, requires_confirmation, requires_capture: no money has moved yet, and
+        # it may still: never "failed", which would invite a second charge.
+        status = CHARGE_PROCESSING
     error = intent.last_payment_error
     decline_code: str | None = None
     failure_message: str | None = None
-    if status == "failed":
+    if status == CHARGE_FAILED:
         if error is not None:
             decline_code = error.decline_code or error.code
             failure_message = error.message
@@ -421,12 +608,41 @@ def _outcome(intent: stripe.PaymentIntent) -> ChargeOutcome:
         charge_id=charge_id,
         decline_code=decline_code,
         failure_message=failure_message,
-        fee_cents=_fee_cents(charge) if status == "succeeded" else None,
+        fee_cents=_fee_cents(charge) if status == CHARGE_SUCCEEDED else None,
         amount_cents=intent.amount,
         currency=intent.currency,
         stripe_status=intent.status,
         metadata=_plain_metadata(intent),
     )
+
+
+def _refund(refund: stripe.Refund) -> Refund:
+    # Stripe leaves out what does not apply (failure_reason until a refund failed): read with defaults.
+    stripe_status: str | None = getattr(refund, "status", None)
+    status = _REFUND_STATUSES.get(stripe_status or "", REFUND_PENDING)
+    intent = getattr(refund, "payment_intent", None)
+    charge = getattr(refund, "charge", None)
+    return Refund(
+        refund_id=refund.id,
+        status=status,
+        amount_cents=refund.amount,
+        payment_intent_id=intent if isinstance(intent, str) or intent is None else intent.id,
+        charge_id=charge if isinstance(charge, str) or charge is None else charge.id,
+        currency=getattr(refund, "currency", None),
+        failure_reason=getattr(refund, "failure_reason", None) if status == REFUND_FAILED else None,
+        stripe_status=stripe_status,
+        metadata=_plain_metadata(refund),
+    )
+
+
+def _preference(intent: stripe.PaymentIntent) -> int:
+    if intent.status == "succeeded":
+        return 2
+    return 0 if intent.status in _FAILED_INTENT_STATUSES else 1
+
+
+def _quoted(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _fee_cents(charge: str | stripe.Charge | None) -> int | None:
@@ -446,8 +662,8 @@ def _customer_id(intent: stripe.PaymentIntent) -> str | None:
     return customer.id
 
 
-def _plain_metadata(intent: stripe.PaymentIntent) -> dict[str, str]:
-    metadata: Any = intent.metadata
+def _plain_metadata(obj: stripe.StripeObject) -> dict[str, str]:
+    metadata: Any = getattr(obj, "metadata", None)
     if metadata is None:
         return {}
     # The SDK hands out StripeObjects, which are not mappings.
@@ -455,8 +671,10 @@ def _plain_metadata(intent: stripe.PaymentIntent) -> dict[str, str]:
     return {str(key): str(value) for key, value in plain.items()}
 
 
-def _safe_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
-    """``metadata`` if it holds only opaque ids; ``ValueError`` (a programming error) otherwise."""
+def safe_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """``metadata`` if it holds only opaque ids (what may be sent to a processor); ``ValueError`` (a
+    programming error) otherwise: keys are ``*_id``, ``idempotency_key`` or ``purpose``, values are
+    single opaque tokens (letters, digits, ``_.:-``), so no name, email, date or diagnosis fits."""
     for key, value in metadata.items():
         if not (_METADATA_KEY.match(key) or key in _METADATA_EXTRA_KEYS):
             raise ValueError(f"metadata key {key!r} is not an opaque id key (only '*_id' keys go to Stripe)")

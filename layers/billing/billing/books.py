@@ -1,0 +1,62 @@
+"""What the money use cases need from storage: consistent reads by id, and one way to commit.
+
+Every read here is strongly consistent (never an eventually consistent index), because each use case decides
+what to write from what it reads. A client's open invoices and its payments holding credit are kept on the
+client itself, moved by the same transactions that move money, so they can be read consistently too.
+"""
+
+from typing import Protocol
+
+from billing.calendar import Appointment
+from billing.cards import Card
+from billing.clients import Client
+from billing.invoices import Invoice
+from billing.payments import IdempotencyRecord, Payment, ProcessorRefundLink, Refund
+from billing.practices import Practice
+from billing.unit_of_work import UnitOfWork
+
+
+class Books(Protocol):
+    def get_practice(self, practice_id: str) -> Practice | None: ...
+
+    def get_client(self, practice_id: str, client_id: str) -> Client | None: ...
+
+    def get_appointment(self, practice_id: str, appointment_id: str) -> Appointment | None: ...
+
+    def appointments_by_id(self, practice_id: str, appointment_ids: list[str]) -> list[Appointment]: ...
+
+    def get_invoice(self, practice_id: str, invoice_id: str) -> Invoice | None: ...
+
+    def invoices_by_id(self, practice_id: str, invoice_ids: list[str]) -> list[Invoice]: ...
+
+    def get_payment(self, practice_id: str, payment_id: str) -> Payment | None: ...
+
+    def payments_by_id(self, practice_id: str, payment_ids: list[str]) -> list[Payment]: ...
+
+    def get_refund(self, practice_id: str, refund_id: str) -> Refund | None: ...
+
+    def get_idempotency_record(self, practice_id: str, key_digest: str) -> IdempotencyRecord | None: ...
+
+    def get_refund_link(self, practice_id: str, processor_refund_id: str) -> ProcessorRefundLink | None: ...
+
+    def open_invoice_ids(self, practice_id: str, client_id: str) -> list[str]: ...
+
+    def credit_payment_ids(self, practice_id: str, client_id: str) -> list[str]: ...
+
+    def cards_of(self, practice_id: str, client_id: str) -> list[Card]: ...
+
+    def commit(self, unit: UnitOfWork) -> None:
+        """All of ``unit`` or nothing; StaleState when something it was planned from changed meanwhile."""
+        ...
+
+
+def open_invoices(books: Books, practice_id: str, client_id: str) -> list[Invoice]:
+    """The client's live invoices that still owe something, oldest first (consistent reads)."""
+    invoices = books.invoices_by_id(practice_id, books.open_invoice_ids(practice_id, client_id))
+    return sorted((i for i in invoices if i.is_open), key=lambda i: (i.issue_date, i.sequence))
+
+
+def open_credit(books: Books, practice_id: str, client_id: str) -> list[Payment]:
+    """The client's payments with unallocated money, oldest first (consistent reads)."""
+    payments = books.payments_by_id(practice_id, books.credit_payment_ids(practice_id, client_id))
+    return sorted((p for p in payments if p.unallocated_cents > 0), key=lambda p: (p.created_at, p.payment_id))
