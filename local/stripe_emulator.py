@@ -17,10 +17,46 @@ Endpoints: ``POST /v1/customers``, ``GET /v1/customers/{id}``, ``GET /v1/custome
 ``POST /v1/payment_methods/{id}/attach|detach``, ``GET /v1/payment_methods/{id}``,
 ``POST /v1/payment_intents``, ``POST /v1/payment_intents/{id}/confirm``, ``GET /v1/payment_intents``,
 ``GET /v1/payment_intents/search``, ``GET /v1/payment_intents/{id}``, ``POST /v1/refunds``,
-``GET /v1/refunds/{id}``, ``GET /v1/charges/{id}``, ``GET /v1/balance_transactions/{id}``.
+``GET /v1/refunds`` (``payment_intent`` / ``charge`` filters), ``GET /v1/refunds/{id}``,
+``GET /v1/charges/{id}``, ``GET /v1/balance_transactions/{id}``.
 
 Emulator-only control endpoints (no API key needed) live under ``/_emulator/``; see
-``StripeEmulator._control_routes``. The Python object offers the same controls as methods.
+``StripeEmulator._control_routes``. The Python object offers the same controls as methods:
+
+=====================================  ===================================================================
+Python                                 HTTP (form or JSON body)
+=====================================  ===================================================================
+``fail_after_success``                 ``POST /_emulator/fail_after_success`` (path_prefix, times, method)
+``fail_next_request``                  ``POST /_emulator/fail_next_request`` (path_prefix, times, status, method)
+``key_in_use_next``                    ``POST /_emulator/key_in_use_next`` (path_prefix, times, method)
+``set_latency``                        ``POST /_emulator/latency`` (seconds, path_prefix, method)
+``decline_next_charge``                ``POST /_emulator/decline_next_charge`` (decline_code, code, message, times)
+``process_next_charge``                ``POST /_emulator/process_next_charge`` (times)
+``settle_payment_intent``              ``POST /_emulator/payment_intents/{id}/settle`` (succeeded, decline_code)
+``pend_next_refund``                   ``POST /_emulator/pend_next_refund`` (times)
+``fail_next_refund``                   ``POST /_emulator/fail_next_refund`` (failure_reason, times)
+``settle_refund``                      ``POST /_emulator/refunds/{id}/settle`` (succeeded, failure_reason)
+``settle_refunds``                     ``POST /_emulator/settle_refunds``
+``forget_idempotency_keys``            ``POST /_emulator/forget_idempotency_keys``
+``create_dispute``                     ``POST /_emulator/disputes`` (charge, amount, reason)
+``resend``                             ``POST /_emulator/events/{id}/resend`` (timestamp)
+``reset``                              ``POST /_emulator/reset``
+``events`` / ``payment_intents`` /     ``GET /_emulator/events`` (type) / ``GET /_emulator/payment_intents`` /
+``refunds`` / ``request_log``          ``GET /_emulator/refunds`` / ``GET /_emulator/requests``
+=====================================  ===================================================================
+
+Charges that are not final: ``process_next_charge()`` (or the emulator-only test PaymentMethod
+``pm_card_processing``, which is not one of Stripe's) makes a confirmation end in ``processing``
+(``payment_intent.processing``); ``settle_payment_intent`` later makes it ``succeeded``
+(``payment_intent.succeeded``) or declined (``requires_payment_method``, ``payment_intent.payment_failed``).
+
+Refunds that are not final: ``pend_next_refund()`` / ``fail_next_refund(failure_reason)`` make the next refund
+answer ``pending``; ``settle_refund`` / ``settle_refunds`` later make it ``succeeded`` or ``failed`` (with
+``failure_reason``; the amount is no longer refunded on the charge), emitting ``charge.refund.updated`` and
+``refund.updated`` (and ``refund.failed``), as Stripe does.
+
+Idempotency keys are kept until ``forget_idempotency_keys()`` (Stripe forgets them after 24 hours): after that
+the same key with the same parameters runs the request again, as it would at Stripe.
 """
 
 from __future__ import annotations
@@ -77,6 +113,15 @@ _ZERO_DECIMAL = frozenset(
 _MINIMUM_AMOUNT = {"usd": 50, "eur": 50, "cad": 50, "aud": 50, "chf": 50, "gbp": 30}
 _CURRENCY_SYMBOL = {"usd": "$", "eur": "€", "gbp": "£", "cad": "$", "aud": "$"}
 _REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+_REFUND_FAILURE_REASONS = (
+    "charge_for_pending_refund_disputed",
+    "declined",
+    "expired_or_canceled_card",
+    "insufficient_funds",
+    "lost_or_stolen_card",
+    "merchant_request",
+    "unknown",
+)
 _DOCS = "https://stripe.com/docs"
 
 
@@ -303,7 +348,7 @@ class _TestCard:
     last4: str
     funding: str = "credit"
     country: str = "US"
-    # succeed | decline | customer_fail | auth_always | auth_unless_setup | auth_setup_done
+    # succeed | decline | customer_fail | auth_always | auth_unless_setup | auth_setup_done | processing
     outcome: str = "succeed"
     decline: _Decline | None = None
 
@@ -351,7 +396,20 @@ TEST_CARDS: dict[str, _TestCard] = {
     "pm_card_authenticationRequired": _TestCard("visa", "3184", outcome="auth_always"),
     "pm_card_authenticationRequiredOnSetup": _TestCard("visa", "3155", outcome="auth_unless_setup"),
     "pm_card_authenticationRequiredSetupForOffSession": _TestCard("visa", "0446", outcome="auth_setup_done"),
+    # Emulator-only (Stripe has no such card): every charge ends in `processing` until settle_payment_intent.
+    "pm_card_processing": _TestCard("visa", "0077", outcome="processing"),
 }
+
+
+def _decline_named(decline_code: str) -> _Decline:
+    """The decline a test card gives for ``decline_code`` (``generic_decline``, ``insufficient_funds``,
+    ``expired_card``, ...), or a ``card_declined`` with that decline code."""
+    for card in TEST_CARDS.values():
+        if card.decline is not None and card.decline.decline_code == decline_code:
+            return card.decline
+    if decline_code == _AUTH_REQUIRED.decline_code:
+        return _AUTH_REQUIRED
+    return _Decline("card_declined", decline_code, _DECLINED)
 
 
 @dataclasses.dataclass
@@ -567,6 +625,14 @@ class _Hook:
 
 
 @dataclasses.dataclass(frozen=True)
+class _RefundPlan:
+    """How a pending refund ends when it is settled without being told."""
+
+    succeeds: bool
+    failure_reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class _Route:
     method: str
     pattern: re.Pattern[str]
@@ -761,6 +827,66 @@ class StripeEmulator:
         with self._lock:
             self._forced_declines.extend([_Decline(code, decline_code, message)] * times)
 
+    def key_in_use_next(self, path_prefix: str = "/v1/", times: int = 1, method: str | None = "POST") -> None:
+        """Answer the next ``times`` matching requests with Stripe's 409 ``idempotency_key_in_use`` (as if a
+        request with the same key were still running) before anything happens (nothing is created or saved).
+        The SDK retries 409s, so a client with ``max_network_retries=n`` needs ``times=n + 1`` to see it."""
+        with self._lock:
+            self._in_use_hooks.append(_Hook(path_prefix, _upper(method), times, 409))
+
+    def forget_idempotency_keys(self) -> int:
+        """Forget every finished idempotent request, as Stripe does after 24 hours: the same key then runs
+        the request again (a second charge, if the caller did not look first). Requests still running keep
+        their key. Returns how many keys were forgotten."""
+        with self._idem_lock:
+            finished = [scope for scope, entry in self._idem.items() if entry.result is not None]
+            for scope in finished:
+                del self._idem[scope]
+        return len(finished)
+
+    def process_next_charge(self, times: int = 1) -> None:
+        """Make the next ``times`` PaymentIntent confirmations end in ``processing`` (whatever the card; a
+        ``decline_next_charge`` still wins), emitting ``payment_intent.processing``. No money has moved until
+        ``settle_payment_intent``. The emulator-only card ``pm_card_processing`` always does this."""
+        with self._lock:
+            self._processing_next += times
+
+    def settle_payment_intent(
+        self, payment_intent: str, succeeded: bool | None = None, decline_code: str | None = None
+    ) -> Obj:
+        """Finish a ``processing`` PaymentIntent: ``succeeded`` (``payment_intent.succeeded``, the charge is
+        paid, its fee known) or declined with ``decline_code`` (default ``generic_decline``;
+        ``requires_payment_method``, ``payment_intent.payment_failed``). ``succeeded=None``: what its card
+        does (``pm_card_processing`` and good cards succeed, declining cards decline)."""
+        with self._lock:
+            return copy.deepcopy(self._settle_pi(payment_intent, succeeded, decline_code))
+
+    def pend_next_refund(self, times: int = 1) -> None:
+        """Make the next ``times`` refunds answer ``pending`` (``settle_refund`` makes them ``succeeded``)."""
+        with self._lock:
+            self._refund_plans.extend([_RefundPlan(True)] * times)
+
+    def fail_next_refund(self, failure_reason: str = "lost_or_stolen_card", times: int = 1) -> None:
+        """Make the next ``times`` refunds answer ``pending`` and fail with ``failure_reason`` when settled
+        (``settle_refund`` / ``settle_refunds``): the card could not take the money back."""
+        if failure_reason not in _REFUND_FAILURE_REASONS:
+            raise ValueError(f"failure_reason must be one of {', '.join(_REFUND_FAILURE_REASONS)}")
+        with self._lock:
+            self._refund_plans.extend([_RefundPlan(False, failure_reason)] * times)
+
+    def settle_refund(self, refund: str, succeeded: bool | None = None, failure_reason: str | None = None) -> Obj:
+        """Finish a ``pending`` refund: ``succeeded``, or ``failed`` with ``failure_reason`` (default: how
+        ``pend_next_refund`` / ``fail_next_refund`` planned it). Emits ``charge.refund.updated`` and
+        ``refund.updated``, plus ``refund.failed`` when it failed (the charge's ``amount_refunded`` drops)."""
+        with self._lock:
+            return copy.deepcopy(self._settle_refund(refund, succeeded, failure_reason))
+
+    def settle_refunds(self) -> list[Obj]:
+        """Settle every pending refund as planned (oldest first); returns them."""
+        with self._lock:
+            pending = [refund["id"] for refund in self._refunds.values() if refund["status"] == "pending"]
+            return [copy.deepcopy(self._settle_refund(refund_id, None, None)) for refund_id in pending]
+
     def create_dispute(self, charge: str, amount: int | None = None, reason: str = "fraudulent") -> Obj:
         """Open a dispute on a succeeded charge and emit ``charge.dispute.created``."""
         with self._lock:
@@ -818,6 +944,10 @@ class StripeEmulator:
         self._error_hooks: list[_Hook] = []
         self._latency: list[tuple[str, str | None, float]] = []
         self._forced_declines: list[_Decline] = []
+        self._in_use_hooks: list[_Hook] = []
+        self._processing_next = 0
+        self._refund_plans: list[_RefundPlan] = []
+        self._pending_refunds: dict[str, _RefundPlan] = {}
 
     def _now(self) -> int:
         return int(self._clock())
@@ -865,6 +995,7 @@ class StripeEmulator:
             ),
             ("GET", r"/v1/payment_intents/([^/]+)", self._get_pi, "payment_intent"),
             ("POST", r"/v1/refunds", self._create_refund, "refund"),
+            ("GET", r"/v1/refunds", self._list_refunds, "list:refund"),
             ("GET", r"/v1/refunds/([^/]+)", self._get_refund, "refund"),
             ("GET", r"/v1/charges/([^/]+)", self._get_charge, "charge"),
             (
@@ -1026,8 +1157,13 @@ class StripeEmulator:
         self._sleep_for_latency(method, path)
         injected: _Hook | None
         with self._lock:
-            injected = self._take_hook(self._error_hooks, method, path)
-        if injected is not None:
+            injected = self._take_hook(self._in_use_hooks, method, path)
+            if injected is None:
+                injected = self._take_hook(self._error_hooks, method, path)
+        if injected is not None and injected.status == 409:
+            in_use = _key_in_use(idem_key or "")
+            result = self._json_result(409, in_use.to_body(ctx.request_id), ctx.request_id, ctx.api_version)
+        elif injected is not None:
             error = StripeEmulatorError(
                 injected.status,
                 "api_error",
@@ -1044,8 +1180,9 @@ class StripeEmulator:
                 # Stripe saves the result once the endpoint ran; requests rejected before that
                 # (bad parameters, missing objects) and injected failures are not saved.
                 saved = injected is None and (result.status < 400 or result.status == 402 or result.status >= 500)
-                if saved:
-                    self._idem[scope].result = result
+                entry = self._idem.get(scope)
+                if saved and entry is not None:
+                    entry.result = result
                 else:
                     self._idem.pop(scope, None)
         return result
@@ -1071,14 +1208,7 @@ class StripeEmulator:
                 f"execute a different request.",
             )
         if entry.result is None:
-            return StripeEmulatorError(
-                409,
-                "idempotency_error",
-                f"There is currently another in-progress request using this Idempotent Key "
-                f"(that probably means you submitted twice, and the other request is still "
-                f"going through): {key}. Please try again later.",
-                code="idempotency_key_in_use",
-            )
+            return _key_in_use(key)
         return None
 
     def _execute(self, ctx: _Ctx, params: Obj, route: _Route, ids: list[str], idem_key: str | None) -> _HttpResult:
@@ -1174,7 +1304,32 @@ class StripeEmulator:
             ("POST", "/_emulator/fail_next_request"): self._control_fail_next_request,
             ("POST", "/_emulator/decline_next_charge"): self._control_decline_next_charge,
             ("POST", "/_emulator/latency"): self._control_latency,
+            ("GET", "/_emulator/refunds"): lambda p: {"object": "list", "data": self.refunds()},
+            ("POST", "/_emulator/key_in_use_next"): self._control_key_in_use_next,
+            ("POST", "/_emulator/forget_idempotency_keys"): lambda p: {"forgotten": self.forget_idempotency_keys()},
+            ("POST", "/_emulator/process_next_charge"): self._control_process_next_charge,
+            ("POST", "/_emulator/pend_next_refund"): self._control_pend_next_refund,
+            ("POST", "/_emulator/fail_next_refund"): self._control_fail_next_refund,
+            ("POST", "/_emulator/settle_refunds"): lambda p: {"object": "list", "data": self.settle_refunds()},
         }
+
+    def _object_controls(self, method: str, path: str, params: Obj) -> Obj | None:
+        """Controls on one object: ``POST /_emulator/<payment_intents|refunds|events>/{id}/<action>``."""
+        match = re.fullmatch(r"/_emulator/(payment_intents|refunds|events)/([^/]+)/(settle|resend)", path)
+        if method != "POST" or match is None:
+            return None
+        kind, object_id, action = match.groups()
+        if (kind, action) == ("events", "resend"):
+            return {"delivered_status": self.resend(object_id, _opt_int(params.get("timestamp")))}
+        if (kind, action) == ("payment_intents", "settle"):
+            decline_code = params.get("decline_code")
+            return self.settle_payment_intent(
+                object_id, _opt_bool(params.get("succeeded")), str(decline_code) if decline_code else None
+            )
+        if (kind, action) == ("refunds", "settle"):
+            reason = params.get("failure_reason")
+            return self.settle_refund(object_id, _opt_bool(params.get("succeeded")), str(reason) if reason else None)
+        return None
 
     def _handle_control(
         self,
@@ -1192,10 +1347,9 @@ class StripeEmulator:
                 params: Obj = loaded if isinstance(loaded, dict) else {}
             else:
                 params = parse_form(text if method == "POST" else query)
-            resend = re.fullmatch(r"/_emulator/events/([^/]+)/resend", path)
-            if method == "POST" and resend:
-                status = self.resend(resend.group(1), _opt_int(params.get("timestamp")))
-                payload: Obj = {"delivered_status": status}
+            object_payload = self._object_controls(method, path, params)
+            if object_payload is not None:
+                payload: Obj = object_payload
             else:
                 handler = self._control_routes().get((method, path))
                 if handler is None:
@@ -1237,6 +1391,28 @@ class StripeEmulator:
             str(params.get("code") or "card_declined"),
             str(params.get("message") or _DECLINED),
             _opt_int(params.get("times")) or 1,
+        )
+        return {"ok": True}
+
+    def _control_process_next_charge(self, params: Obj) -> Obj:
+        self.process_next_charge(_opt_int(params.get("times")) or 1)
+        return {"ok": True}
+
+    def _control_pend_next_refund(self, params: Obj) -> Obj:
+        self.pend_next_refund(_opt_int(params.get("times")) or 1)
+        return {"ok": True}
+
+    def _control_fail_next_refund(self, params: Obj) -> Obj:
+        self.fail_next_refund(
+            str(params.get("failure_reason") or "lost_or_stolen_card"), _opt_int(params.get("times")) or 1
+        )
+        return {"ok": True}
+
+    def _control_key_in_use_next(self, params: Obj) -> Obj:
+        self.key_in_use_next(
+            str(params.get("path_prefix") or "/v1/"),
+            _opt_int(params.get("times")) or 1,
+            _method_param(params, "POST"),
         )
         return {"ok": True}
 
@@ -1788,6 +1964,14 @@ class StripeEmulator:
         needs_action = False
         if self._forced_declines:
             decline = self._forced_declines.pop(0)
+        elif self._processing_next > 0 or card.outcome == "processing":
+            if card.outcome != "processing":
+                self._processing_next -= 1
+            charge = self._create_charge(pi, pm, None, pending=True)
+            pi["latest_charge"] = charge["id"]
+            pi["status"] = "processing"
+            self._emit(ctx, "payment_intent.processing", pi)
+            return
         elif card.outcome == "decline":
             decline = card.decline
         elif card.outcome == "customer_fail":
@@ -1815,36 +1999,66 @@ class StripeEmulator:
         charge = self._create_charge(pi, pm, decline)
         pi["latest_charge"] = charge["id"]
         if decline is not None:
-            last_error: Obj = {
-                "charge": charge["id"],
-                "code": decline.code,
-                "decline_code": decline.decline_code,
-                "doc_url": f"{_DOCS}/error-codes/{decline.code.replace('_', '-')}",
-                "message": decline.message,
-                "payment_method": copy.deepcopy(pm),
-                "type": "card_error",
-            }
-            if decline.param:
-                last_error["param"] = decline.param
-            pi["status"] = "requires_payment_method"
-            pi["payment_method"] = None
-            pi["last_payment_error"] = last_error
-            self._emit(ctx, "payment_intent.payment_failed", pi)
+            self._decline_pi(ctx, pi, pm, charge, decline)
             raise self._card_error(
                 decline,
                 charge=charge["id"],
                 payment_intent=copy.deepcopy(pi),
                 payment_method=copy.deepcopy(pm),
             )
+        self._succeed_pi(ctx, pi, pm)
 
+    def _decline_pi(self, ctx: _Ctx | None, pi: Obj, pm: Obj, charge: Obj, decline: _Decline) -> None:
+        last_error: Obj = {
+            "charge": charge["id"],
+            "code": decline.code,
+            "decline_code": decline.decline_code,
+            "doc_url": f"{_DOCS}/error-codes/{decline.code.replace('_', '-')}",
+            "message": decline.message,
+            "payment_method": copy.deepcopy(pm),
+            "type": "card_error",
+        }
+        if decline.param:
+            last_error["param"] = decline.param
+        pi["status"] = "requires_payment_method"
+        pi["payment_method"] = None
+        pi["last_payment_error"] = last_error
+        self._emit(ctx, "payment_intent.payment_failed", pi)
+
+    def _succeed_pi(self, ctx: _Ctx | None, pi: Obj, pm: Obj) -> None:
         pi["status"] = "succeeded"
         pi["amount_received"] = pi["amount"]
         if pm["customer"] is None:
             if pi["setup_future_usage"] and pi["customer"]:
                 pm["customer"] = pi["customer"]
             else:
-                info.used = True
+                self._pm_info[pm["id"]].used = True
         self._emit(ctx, "payment_intent.succeeded", pi)
+
+    def _settle_pi(self, pi_id: str, succeeded: bool | None, decline_code: str | None) -> Obj:
+        pi = self._pis.get(pi_id)
+        if pi is None:
+            raise _no_such("payment_intent", pi_id)
+        if pi["status"] != "processing":
+            raise _invalid(f"PaymentIntent {pi_id} is {pi['status']}, not processing: there is nothing to settle.")
+        charge = self._charges[pi["latest_charge"]]
+        pm = self._pms[charge["payment_method"]]
+        decline: _Decline | None
+        if succeeded is None and decline_code is None:
+            card = TEST_CARDS[self._pm_info[pm["id"]].token]
+            decline = card.decline if card.outcome == "decline" else None
+            if card.outcome in ("customer_fail", "auth_always", "auth_unless_setup"):
+                decline = GENERIC_DECLINE if card.outcome == "customer_fail" else _AUTH_REQUIRED
+        elif succeeded is False or (succeeded is None and decline_code):
+            decline = _decline_named(decline_code or "generic_decline")
+        else:
+            decline = None
+        self._finish_charge(charge, decline)
+        if decline is not None:
+            self._decline_pi(None, pi, pm, charge, decline)
+        else:
+            self._succeed_pi(None, pi, pm)
+        return pi
 
     def _list_pis(self, ctx: _Ctx, params: Obj) -> Obj:
         _check_params(params, {"created", "customer", "ending_before", "expand", "limit", "starting_after"})
@@ -1887,65 +2101,44 @@ class StripeEmulator:
 
     # ---- charges -------------------------------------------------------------------------------
 
-    def _create_charge(self, pi: Obj, pm: Obj, decline: _Decline | None) -> Obj:
+    def _create_charge(self, pi: Obj, pm: Obj, decline: _Decline | None, *, pending: bool = False) -> Obj:
+        """The PaymentIntent's charge: ``pending`` (not final: no money has moved) or finished by ``decline``."""
         now = self._now()
         charge_id = _new_id("ch_")
         amount = pi["amount"]
-        succeeded = decline is None
-        txn_id: str | None = None
-        if succeeded:
-            fee = stripe_fee(amount)
-            txn_id = _new_id("txn_")
-            self._txns[txn_id] = _balance_transaction(
-                txn_id, amount, fee, pi["currency"], now, charge_id, "charge", pi["description"]
-            )
         card = pm["card"]
         charge: Obj = {
             "id": charge_id,
             "object": "charge",
             "amount": amount,
-            "amount_captured": amount if succeeded else 0,
+            "amount_captured": 0,
             "amount_refunded": 0,
             "application": None,
             "application_fee": None,
             "application_fee_amount": None,
-            "balance_transaction": txn_id,
+            "balance_transaction": None,
             "billing_details": copy.deepcopy(pm["billing_details"]),
             "calculated_statement_descriptor": "STRIPE EMULATOR",
-            "captured": succeeded,
+            "captured": False,
             "created": now,
             "currency": pi["currency"],
             "customer": pi["customer"],
             "description": pi["description"],
             "disputed": False,
             "failure_balance_transaction": None,
-            "failure_code": decline.code if decline else None,
-            "failure_message": decline.message if decline else None,
+            "failure_code": None,
+            "failure_message": None,
             "fraud_details": {},
             "livemode": False,
             "metadata": copy.deepcopy(pi["metadata"]),
             "on_behalf_of": None,
-            "outcome": {
-                "advice_code": None,
-                "network_advice_code": None,
-                "network_decline_code": None,
-                "network_status": "approved_by_network" if succeeded else "declined_by_network",
-                "reason": decline.decline_code if decline else None,
-                "risk_level": "normal",
-                "risk_score": 20,
-                "seller_message": (
-                    "Payment complete."
-                    if succeeded
-                    else "The bank did not return any further details with this decline."
-                ),
-                "type": "authorized" if succeeded else "issuer_declined",
-            },
-            "paid": succeeded,
+            "outcome": None,
+            "paid": False,
             "payment_intent": pi["id"],
             "payment_method": pm["id"],
             "payment_method_details": {
                 "card": {
-                    "amount_authorized": amount if succeeded else None,
+                    "amount_authorized": None,
                     "brand": card["brand"],
                     "checks": copy.deepcopy(card["checks"]),
                     "country": card["country"],
@@ -1969,12 +2162,52 @@ class StripeEmulator:
             "source_transfer": None,
             "statement_descriptor": pi["statement_descriptor"],
             "statement_descriptor_suffix": pi["statement_descriptor_suffix"],
-            "status": "succeeded" if succeeded else "failed",
+            "status": "pending",
             "transfer_data": None,
             "transfer_group": pi["transfer_group"],
         }
         self._charges[charge_id] = charge
+        if not pending:
+            self._finish_charge(charge, decline)
         return charge
+
+    def _finish_charge(self, charge: Obj, decline: _Decline | None) -> None:
+        """A pending charge succeeds (paid, with its fee on a balance transaction) or is declined."""
+        amount = charge["amount"]
+        succeeded = decline is None
+        if succeeded:
+            txn_id = _new_id("txn_")
+            self._txns[txn_id] = _balance_transaction(
+                txn_id,
+                amount,
+                stripe_fee(amount),
+                charge["currency"],
+                self._now(),
+                charge["id"],
+                "charge",
+                charge["description"],
+            )
+            charge["balance_transaction"] = txn_id
+        charge["amount_captured"] = amount if succeeded else 0
+        charge["captured"] = succeeded
+        charge["paid"] = succeeded
+        charge["status"] = "succeeded" if succeeded else "failed"
+        charge["failure_code"] = decline.code if decline else None
+        charge["failure_message"] = decline.message if decline else None
+        charge["payment_method_details"]["card"]["amount_authorized"] = amount if succeeded else None
+        charge["outcome"] = {
+            "advice_code": None,
+            "network_advice_code": None,
+            "network_decline_code": None,
+            "network_status": "approved_by_network" if succeeded else "declined_by_network",
+            "reason": decline.decline_code if decline else None,
+            "risk_level": "normal",
+            "risk_score": 20,
+            "seller_message": (
+                "Payment complete." if succeeded else "The bank did not return any further details with this decline."
+            ),
+            "type": "authorized" if succeeded else "issuer_declined",
+        }
 
     def _get_charge(self, ctx: _Ctx, params: Obj, charge_id: str) -> Obj:
         _check_params(params, {"expand"})
@@ -2060,6 +2293,7 @@ class StripeEmulator:
             )
         now = self._now()
         refund_id = _new_id("re_")
+        plan = self._refund_plans.pop(0) if self._refund_plans else None
         txn_id = _new_id("txn_")
         self._txns[txn_id] = _balance_transaction(
             txn_id, -amount, 0, charge["currency"], now, refund_id, "refund", "REFUND FOR CHARGE"
@@ -2085,10 +2319,12 @@ class StripeEmulator:
             "reason": reason,
             "receipt_number": None,
             "source_transfer_reversal": None,
-            "status": "succeeded",
+            "status": "pending" if plan else "succeeded",
             "transfer_reversal": None,
         }
         self._refunds[refund_id] = refund
+        if plan is not None:
+            self._pending_refunds[refund_id] = plan
         previous = {"amount_refunded": charge["amount_refunded"], "refunded": charge["refunded"]}
         charge["amount_refunded"] += amount
         charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
@@ -2101,6 +2337,71 @@ class StripeEmulator:
         refund = self._refunds.get(refund_id)
         if refund is None:
             raise _no_such("refund", refund_id)
+        return refund
+
+    def _list_refunds(self, ctx: _Ctx, params: Obj) -> Obj:
+        _check_params(
+            params, {"charge", "created", "ending_before", "expand", "limit", "payment_intent", "starting_after"}
+        )
+        pi_id = _str_param(params, "payment_intent")
+        charge_id = _str_param(params, "charge")
+        if pi_id is not None and pi_id not in self._pis:
+            raise _no_such("payment_intent", pi_id, "payment_intent")
+        if charge_id is not None and charge_id not in self._charges:
+            raise _no_such("charge", charge_id, "charge")
+        created = _created_filter(params.get("created"))
+        items = [
+            refund
+            for refund in reversed(self._refunds.values())
+            if pi_id in (None, refund["payment_intent"])
+            and charge_id in (None, refund["charge"])
+            and created(refund["created"])
+        ]
+        return _paginate(items, params, "/v1/refunds", "refund")
+
+    def _settle_refund(self, refund_id: str, succeeded: bool | None, failure_reason: str | None) -> Obj:
+        refund = self._refunds.get(refund_id)
+        if refund is None:
+            raise _no_such("refund", refund_id)
+        if refund["status"] != "pending":
+            raise _invalid(f"Refund {refund_id} is {refund['status']}, not pending: there is nothing to settle.")
+        plan = self._pending_refunds.pop(refund_id, _RefundPlan(True))
+        if succeeded is None:
+            succeeded = plan.succeeds and failure_reason is None
+        charge = self._charges[refund["charge"]]
+        previous: Obj = {"status": "pending"}
+        if succeeded:
+            refund["status"] = "succeeded"
+            refund["destination_details"]["card"]["reference_status"] = "available"
+            reference = "".join(secrets.choice(string.digits) for _ in range(23))
+            refund["destination_details"]["card"]["reference"] = reference
+        else:
+            reason = failure_reason or plan.failure_reason or "unknown"
+            if reason not in _REFUND_FAILURE_REASONS:
+                raise _invalid(f"Invalid failure_reason: must be one of {', '.join(_REFUND_FAILURE_REASONS)}")
+            txn_id = _new_id("txn_")
+            self._txns[txn_id] = _balance_transaction(
+                txn_id,
+                refund["amount"],
+                0,
+                refund["currency"],
+                self._now(),
+                refund_id,
+                "refund_failure",
+                "REFUND FAILURE",
+            )
+            refund["status"] = "failed"
+            refund["failure_reason"] = reason
+            refund["failure_balance_transaction"] = txn_id
+            refund["destination_details"]["card"]["reference_status"] = "unavailable"
+            previous["failure_reason"] = None
+            # The money never left: the charge no longer counts it as refunded.
+            charge["amount_refunded"] -= refund["amount"]
+            charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+        self._emit(None, "charge.refund.updated", refund, previous)
+        self._emit(None, "refund.updated", refund, previous)
+        if not succeeded:
+            self._emit(None, "refund.failed", refund)
         return refund
 
     # ---- disputes (emulator-only trigger) ------------------------------------------------------
@@ -2150,6 +2451,17 @@ class StripeEmulator:
         return dispute
 
 
+def _key_in_use(key: str) -> StripeEmulatorError:
+    return StripeEmulatorError(
+        409,
+        "idempotency_error",
+        f"There is currently another in-progress request using this Idempotent Key "
+        f"(that probably means you submitted twice, and the other request is still "
+        f"going through): {key}. Please try again later.",
+        code="idempotency_key_in_use",
+    )
+
+
 _REUSE_MESSAGE = (
     "This PaymentMethod was previously used without being attached to a Customer or was "
     "detached from a Customer, and may not be used again."
@@ -2165,6 +2477,17 @@ def _off_session(params: Obj) -> bool:
 
 def _upper(method: str | None) -> str | None:
     return method.upper() if method else None
+
+
+def _opt_bool(value: Any) -> bool | None:
+    """``true`` / ``false`` (form or JSON), or None when absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):
+        return bool(value == "true")
+    raise ValueError(f"not a boolean: {value!r}")
 
 
 def _opt_int(value: Any) -> int | None:

@@ -6,7 +6,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
 from pydantic import SecretStr
 
 from billing.errors import Conflict, InvalidRequest, PaymentDeclined, ProcessorUnavailable
@@ -17,6 +19,7 @@ from billing_stripe.gateway import (
     GatewayUnavailable,
     StripeGateway,
     StripeSettings,
+    current_gateway,
     load_stripe_settings,
 )
 from local.stripe_emulator import StripeEmulator, stripe_fee
@@ -296,39 +299,78 @@ def test_load_stripe_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_env")
     monkeypatch.setenv("STRIPE_API_BASE", "http://127.0.0.1:12111")
     monkeypatch.setenv("STRIPE_SECRET_ID", "ignored-when-the-key-is-set")
-    load_stripe_settings.cache_clear()
-    try:
-        settings = load_stripe_settings()
-        assert settings.secret_key.get_secret_value() == "sk_test_env"
-        assert settings.webhook_secret is not None and settings.webhook_secret.get_secret_value() == "whsec_env"
-        assert settings.api_base == "http://127.0.0.1:12111"
-        assert "sk_test_env" not in repr(settings)
-        assert load_stripe_settings() is settings  # once per container
-    finally:
-        load_stripe_settings.cache_clear()
+
+    settings = load_stripe_settings()
+
+    assert settings.secret_key.get_secret_value() == "sk_test_env"
+    assert settings.webhook_secret is not None and settings.webhook_secret.get_secret_value() == "whsec_env"
+    assert settings.api_base == "http://127.0.0.1:12111"
+    assert "sk_test_env" not in repr(settings)
+    assert load_stripe_settings() == settings
+    assert current_gateway() is current_gateway()  # one client while the settings are the same
 
 
-def test_load_stripe_settings_from_secrets_manager(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[str, dict[str, Any]]] = []
-
-    def get_secret(name: str, **options: Any) -> dict[str, str]:
-        calls.append((name, options))
-        return {"secret_key": "sk_test_secret", "webhook_secret": "whsec_secret"}
-
-    monkeypatch.delenv("STRIPE_SECRET_KEY", raising=False)
-    monkeypatch.delenv("STRIPE_API_BASE", raising=False)
+@pytest.fixture
+def secrets_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An in-process Secrets Manager (moto) holding the Stripe secret, read the way a deployed function does."""
+    for name in ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("STRIPE_SECRET_ID", "billing/stripe")
-    monkeypatch.setattr(gateway_module.parameters, "get_secret", get_secret)
-    load_stripe_settings.cache_clear()
-    try:
-        settings = load_stripe_settings()
-        load_stripe_settings()
-    finally:
-        load_stripe_settings.cache_clear()
+    with mock_aws():
+        gateway_module._secrets.cache_clear()  # the provider's client must be made inside the mock
+        gateway_module._gateway_for.cache_clear()
+        client = boto3.client("secretsmanager", region_name="us-east-1")
+        client.create_secret(
+            Name="billing/stripe", SecretString=json.dumps({"secret_key": "sk_test_old", "webhook_secret": "whsec_1"})
+        )
+        try:
+            yield client
+        finally:
+            gateway_module._secrets.cache_clear()
+            gateway_module._gateway_for.cache_clear()
 
-    assert calls == [("billing/stripe", {"transform": "json", "max_age": 300})]
-    assert settings.secret_key.get_secret_value() == "sk_test_secret"
+
+def test_load_stripe_settings_from_secrets_manager(secrets_manager: Any) -> None:
+    settings = load_stripe_settings()
+
+    assert settings.secret_key.get_secret_value() == "sk_test_old"
+    assert settings.webhook_secret is not None and settings.webhook_secret.get_secret_value() == "whsec_1"
     assert settings.api_base is None
+
+
+def test_a_rotated_secret_is_used_after_max_age(secrets_manager: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway_module, "SECRET_MAX_AGE_SECONDS", 1)
+    before = current_gateway()
+    assert before.settings.secret_key.get_secret_value() == "sk_test_old"
+
+    secrets_manager.put_secret_value(
+        SecretId="billing/stripe", SecretString=json.dumps({"secret_key": "sk_test_new", "webhook_secret": "whsec_2"})
+    )
+    # Within max age the cached secret (and the same client) is still used: no Secrets Manager call per request.
+    assert current_gateway() is before
+    time.sleep(1.2)
+
+    after = current_gateway()
+    assert after is not before
+    assert after.settings.secret_key.get_secret_value() == "sk_test_new"
+    assert after.settings.webhook_secret is not None and after.settings.webhook_secret.get_secret_value() == "whsec_2"
+    assert current_gateway() is after
+
+
+def test_the_lambda_wiring_follows_the_rotation(secrets_manager: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from billing_lambda import wiring
+
+    monkeypatch.setattr(gateway_module, "SECRET_MAX_AGE_SECONDS", 1)
+    first = wiring.gateway()
+    assert wiring.gateway() is first
+    secrets_manager.put_secret_value(
+        SecretId="billing/stripe", SecretString=json.dumps({"secret_key": "sk_test_rotated", "webhook_secret": "w"})
+    )
+    time.sleep(1.2)
+
+    assert wiring.gateway().settings.secret_key.get_secret_value() == "sk_test_rotated"
 
 
 def test_phi_like_metadata_is_refused_before_stripe(gateway: StripeGateway, emulator: StripeEmulator) -> None:
