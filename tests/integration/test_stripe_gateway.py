@@ -8,10 +8,11 @@ from typing import Any
 
 import boto3
 import pytest
+import stripe
 from moto import mock_aws
 from pydantic import SecretStr
 
-from billing.errors import Conflict, InvalidRequest, PaymentDeclined, ProcessorUnavailable
+from billing.errors import Conflict, InvalidRequest, NotFound, PaymentDeclined, ProcessorUnavailable
 from billing_stripe import gateway as gateway_module
 from billing_stripe.gateway import (
     Card,
@@ -25,6 +26,7 @@ from billing_stripe.gateway import (
 from local.stripe_emulator import StripeEmulator, stripe_fee
 
 WHSEC = "whsec_gateway_test"
+ATTEMPTS = 1 + gateway_module.MAX_NETWORK_RETRIES
 PRACTICE_ID = "prac_0f3a9c"
 CLIENT_ID = "cli_7b21e4"
 
@@ -165,7 +167,7 @@ def test_lost_answer_is_recovered_by_the_sdk_retry(gateway: StripeGateway, emula
 
     outcome = _charge(gateway, customer_id, card, "charge-lost-once")
 
-    # max_network_retries=2: the SDK resends with the same key and Stripe replays the success.
+    # MAX_NETWORK_RETRIES=1: the SDK resends once with the same key and Stripe replays the success.
     assert outcome.status == "succeeded"
     assert len(emulator.payment_intents()) == 1
     replays = [entry for entry in emulator.request_log() if entry["path"] == "/v1/payment_intents"]
@@ -176,7 +178,7 @@ def test_every_answer_lost_is_unavailable_and_find_charge_recovers(
     gateway: StripeGateway, emulator: StripeEmulator
 ) -> None:
     customer_id, card = _customer_with(gateway)
-    emulator.fail_after_success(times=3)  # the first attempt and both SDK retries
+    emulator.fail_after_success(times=ATTEMPTS)  # the first attempt and the SDK's retry
 
     with pytest.raises(GatewayUnavailable) as raised:
         _charge(gateway, customer_id, card, "charge-lost")
@@ -438,3 +440,326 @@ def test_no_request_carries_phi(gateway: StripeGateway, emulator: StripeEmulator
             assert forbidden not in json.dumps(params), entry
         if entry["method"] == "POST":
             assert entry["idempotency_key"], entry  # every write is safe to retry
+
+
+# ---- charges that are not final ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stripe_status", "status"),
+    [
+        ("succeeded", "succeeded"),
+        ("processing", "processing"),
+        ("requires_action", "processing"),
+        ("requires_confirmation", "processing"),
+        ("requires_capture", "processing"),
+        ("requires_payment_method", "failed"),
+        ("canceled", "failed"),
+    ],
+)
+def test_payment_intent_statuses_in_the_domain_terms(stripe_status: str, status: str) -> None:
+    intent = stripe.PaymentIntent.construct_from(
+        {
+            "id": "pi_1",
+            "object": "payment_intent",
+            "amount": 1000,
+            "currency": "usd",
+            "status": stripe_status,
+            "latest_charge": None,
+            "last_payment_error": None,
+            "cancellation_reason": "abandoned" if stripe_status == "canceled" else None,
+            "metadata": {"payment_id": "pay_1"},
+        },
+        "sk_test_x",
+    )
+
+    outcome = gateway_module._outcome(intent)
+
+    assert (outcome.status, outcome.stripe_status, outcome.amount_cents) == (status, stripe_status, 1000)
+    assert outcome.decline_code is None  # only a decline has a decline code
+    assert outcome.metadata == {"payment_id": "pay_1"}
+
+
+def test_a_processing_charge_is_not_a_decline_until_it_settles(
+    gateway: StripeGateway, emulator: StripeEmulator
+) -> None:
+    customer_id, card = _customer_with(gateway)
+    emulator.process_next_charge()
+
+    pending = _charge(gateway, customer_id, card, "charge-processing")
+
+    assert (pending.status, pending.stripe_status) == ("processing", "processing")
+    assert (pending.decline_code, pending.fee_cents) == (None, None)
+    assert pending.amount_cents == 15000
+    # The same key replays the original answer (Stripe's replay), even once it has settled.
+    emulator.settle_payment_intent(pending.payment_intent_id, succeeded=True)
+    assert _charge(gateway, customer_id, card, "charge-processing").status == "processing"
+    settled = gateway.retrieve_payment_intent(pending.payment_intent_id)
+    assert (settled.status, settled.fee_cents) == ("succeeded", stripe_fee(15000))
+    assert gateway.find_charge("charge-processing", customer_id) == settled
+    assert [event["type"] for event in emulator.events()] == ["payment_intent.processing", "payment_intent.succeeded"]
+
+
+def test_a_processing_charge_that_fails_is_a_decline_then(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    customer_id, card = _customer_with(gateway, "pm_card_processing")
+    pending = _charge(gateway, customer_id, card, "charge-processing-fails")
+    assert pending.status == "processing"
+
+    emulator.settle_payment_intent(pending.payment_intent_id, succeeded=False, decline_code="insufficient_funds")
+
+    failed = gateway.retrieve_payment_intent(pending.payment_intent_id)
+    assert (failed.status, failed.decline_code, failed.fee_cents) == ("failed", "insufficient_funds", None)
+    assert emulator.events()[-1]["type"] == "payment_intent.payment_failed"
+    with pytest.raises(Conflict):  # nothing was paid, so nothing can be refunded
+        gateway.refund(
+            payment_intent_id=pending.payment_intent_id, amount_cents=100, idempotency_key="ref-none", metadata={}
+        )
+
+
+# ---- outages -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "times"), [(500, ATTEMPTS), (503, ATTEMPTS), (429, 1)])
+def test_errors_before_stripe_acts_are_unavailable_and_charge_nothing(
+    gateway: StripeGateway, emulator: StripeEmulator, status: int, times: int
+) -> None:
+    customer_id, card = _customer_with(gateway)
+    # The SDK retries 5xx (with the same key) but not a 429 without Stripe-Should-Retry.
+    emulator.fail_next_request("/v1/payment_intents", times=times, status=status)
+
+    with pytest.raises(GatewayUnavailable):
+        _charge(gateway, customer_id, card, f"charge-{status}")
+
+    assert emulator.payment_intents() == []
+    assert gateway.find_charge(f"charge-{status}", customer_id) is None
+    assert _charge(gateway, customer_id, card, f"charge-{status}").status == "succeeded"
+    assert len(emulator.payment_intents()) == 1
+
+
+def test_the_same_key_still_in_flight_is_unavailable(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    customer_id, card = _customer_with(gateway)
+    emulator.key_in_use_next("/v1/payment_intents", times=ATTEMPTS)
+
+    with pytest.raises(GatewayUnavailable) as raised:
+        _charge(gateway, customer_id, card, "charge-in-use")
+
+    # Stripe answers 409 idempotency_key_in_use (the SDK raises it as an APIError after its retry).
+    cause = raised.value.__cause__
+    assert isinstance(cause, stripe.StripeError)
+    assert cause.http_status == 409
+    assert cause.json_body is not None and cause.json_body["error"]["code"] == "idempotency_key_in_use"
+    assert emulator.payment_intents() == []
+    assert _charge(gateway, customer_id, card, "charge-in-use").status == "succeeded"
+
+
+def test_a_slow_stripe_gives_up_in_bounded_time_and_the_charge_is_found_later(emulator: StripeEmulator) -> None:
+    emulator.reset()
+    settings = StripeSettings(secret_key=SecretStr("sk_test_slow"), api_base=emulator.url)
+    impatient = StripeGateway(settings, connect_timeout_seconds=0.5, read_timeout_seconds=0.3)
+    customer_id, card = _customer_with(impatient)
+    emulator.set_latency(1.0, "/v1/payment_intents", "POST")
+    try:
+        started = time.monotonic()
+        with pytest.raises(GatewayUnavailable):
+            # The attempt times out; the SDK's retry meets the first request still running (409 in use).
+            _charge(impatient, customer_id, card, "charge-slow")
+        elapsed = time.monotonic() - started
+    finally:
+        emulator.set_latency(0, "/v1/payment_intents", "POST")
+    assert elapsed < ATTEMPTS * (0.5 + 0.3) + 0.5 + 0.5  # attempts x timeouts + backoff + slack
+    time.sleep(1.0)  # Stripe finishes the first request on its own
+    found = impatient.find_charge("charge-slow", customer_id)
+    assert found is not None and found.status == "succeeded"
+    assert len(emulator.payment_intents()) == 1
+
+
+# ---- after Stripe forgot the idempotency key (24 hours) --------------------------------------------
+
+
+def test_after_stripe_forgot_the_key_looking_first_charges_once(
+    gateway: StripeGateway, emulator: StripeEmulator
+) -> None:
+    customer_id, card = _customer_with(gateway)
+    emulator.fail_after_success(times=ATTEMPTS)
+    with pytest.raises(GatewayUnavailable):
+        _charge(gateway, customer_id, card, "charge-yesterday")
+    assert emulator.forget_idempotency_keys() >= 1
+
+    found = gateway.find_charge("charge-yesterday", customer_id)  # what the caller does before charging again
+
+    assert found is not None and found.status == "succeeded"
+    assert len(emulator.payment_intents()) == 1
+    # Why it must look first: the same key is a new request to Stripe now, and would charge again.
+    again = _charge(gateway, customer_id, card, "charge-yesterday")
+    assert again.payment_intent_id != found.payment_intent_id
+    assert len(emulator.payment_intents()) == 2
+
+
+def test_find_charge_prefers_the_success_when_one_key_made_two_intents(
+    gateway: StripeGateway, emulator: StripeEmulator
+) -> None:
+    customer_id, card = _customer_with(gateway)
+    paid = _charge(gateway, customer_id, card, "charge-twice-over-days")
+    emulator.forget_idempotency_keys()
+    emulator.decline_next_charge("insufficient_funds")
+    declined = _charge(gateway, customer_id, card, "charge-twice-over-days")
+    assert declined.status == "failed"
+
+    found = gateway.find_charge("charge-twice-over-days", customer_id)
+
+    assert found is not None and found.payment_intent_id == paid.payment_intent_id
+
+
+def test_find_charge_scans_every_page_when_search_fails(
+    gateway: StripeGateway, emulator: StripeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway_module, "_PAGE_SIZE", 2)
+    customer_id, card = _customer_with(gateway)
+    oldest = _charge(gateway, customer_id, card, "charge-oldest", amount=1000)
+    for index in range(4):
+        _charge(gateway, customer_id, card, f"charge-newer-{index}", amount=1000)
+    emulator.fail_next_request("/v1/payment_intents/search", times=1, status=400, method="GET")
+
+    found = gateway.find_charge("charge-oldest", customer_id)
+
+    assert found is not None and found.payment_intent_id == oldest.payment_intent_id
+    lists = [entry for entry in emulator.request_log() if entry["path"] == "/v1/payment_intents"]
+    assert [entry["params"].get("starting_after") is not None for entry in lists if entry["method"] == "GET"] == [
+        False,
+        True,
+        True,
+    ]
+
+
+def test_find_charge_never_answers_none_when_it_could_not_look_everywhere(
+    gateway: StripeGateway, emulator: StripeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway_module, "_PAGE_SIZE", 1)
+    monkeypatch.setattr(gateway_module, "PAGING_DEADLINE_SECONDS", 0.0)
+    customer_id, card = _customer_with(gateway)
+    newest_first = [_charge(gateway, customer_id, card, f"charge-page-{index}", amount=1000) for index in range(3)]
+
+    # Search knows nothing yet (its index lags) and there is no time to read every page: unknown, not None.
+    emulator.fail_next_request("/v1/payment_intents/search", times=1, status=400, method="GET")
+    with pytest.raises(GatewayUnavailable):
+        gateway.find_charge("never-sent", customer_id)
+    # What the first page holds is still found.
+    emulator.fail_next_request("/v1/payment_intents/search", times=1, status=400, method="GET")
+    found = gateway.find_charge("charge-page-2", customer_id)
+    assert found is not None and found.payment_intent_id == newest_first[2].payment_intent_id
+
+
+# ---- refunds ---------------------------------------------------------------------------------------
+
+_REFUND_METADATA = {"practice_id": PRACTICE_ID, "payment_id": "pay_01"}
+
+
+def _charged(gateway: StripeGateway, key: str, amount: int = 10000) -> ChargeOutcome:
+    customer_id, card = _customer_with(gateway, key=f"cus-{key}")
+    return _charge(gateway, customer_id, card, key, amount=amount)
+
+
+def test_a_pending_refund_succeeds_later(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    charged = _charged(gateway, "charge-refund-pending")
+    emulator.pend_next_refund()
+
+    pending = gateway.refund(
+        payment_intent_id=charged.payment_intent_id,
+        amount_cents=2500,
+        idempotency_key="ref-pending",
+        metadata=_REFUND_METADATA,
+    )
+
+    assert (pending.status, pending.stripe_status, pending.amount_cents) == ("pending", "pending", 2500)
+    assert pending.payment_intent_id == charged.payment_intent_id
+    assert pending.metadata == {**_REFUND_METADATA, "idempotency_key": "ref-pending"}
+    assert gateway.retrieve_refund(pending.refund_id) == pending
+    emulator.settle_refund(pending.refund_id)
+    settled = gateway.retrieve_refund(pending.refund_id)
+    assert (settled.status, settled.failure_reason) == ("succeeded", None)
+    assert [event["type"] for event in emulator.events()][-2:] == ["charge.refund.updated", "refund.updated"]
+
+
+def test_a_refund_that_fails_gives_the_money_back_to_refund(gateway: StripeGateway, emulator: StripeEmulator) -> None:
+    charged = _charged(gateway, "charge-refund-fails")
+    emulator.fail_next_refund("expired_or_canceled_card")
+    first = gateway.refund(
+        payment_intent_id=charged.payment_intent_id,
+        amount_cents=10000,
+        idempotency_key="ref-fails",
+        metadata=_REFUND_METADATA,
+    )
+    assert first.status == "pending"
+
+    emulator.settle_refund(first.refund_id)
+
+    failed = gateway.retrieve_refund(first.refund_id)
+    assert (failed.status, failed.stripe_status, failed.failure_reason) == (
+        "failed",
+        "failed",
+        "expired_or_canceled_card",
+    )
+    assert [event["type"] for event in emulator.events()][-3:] == [
+        "charge.refund.updated",
+        "refund.updated",
+        "refund.failed",
+    ]
+    # The whole charge can be refunded again (with a new key).
+    second = gateway.refund(
+        payment_intent_id=charged.payment_intent_id,
+        amount_cents=10000,
+        idempotency_key="ref-again",
+        metadata=_REFUND_METADATA,
+    )
+    assert second.status == "succeeded"
+    assert [(refund.refund_id, refund.status) for refund in gateway.refunds_of(charged.payment_intent_id)] == [
+        (second.refund_id, "succeeded"),
+        (first.refund_id, "failed"),
+    ]
+
+
+def test_refunds_of_lists_every_refund_on_every_page(
+    gateway: StripeGateway, emulator: StripeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway_module, "_PAGE_SIZE", 2)
+    charged = _charged(gateway, "charge-many-refunds")
+    other = _charged(gateway, "charge-other-refunds")
+    gateway.refund(payment_intent_id=other.payment_intent_id, amount_cents=100, idempotency_key="ref-x", metadata={})
+    made = [
+        gateway.refund(
+            payment_intent_id=charged.payment_intent_id,
+            amount_cents=100 * (index + 1),
+            idempotency_key=f"ref-many-{index}",
+            metadata=_REFUND_METADATA,
+        )
+        for index in range(5)
+    ]
+
+    listed = gateway.refunds_of(charged.payment_intent_id)
+
+    assert [refund.refund_id for refund in listed] == [refund.refund_id for refund in reversed(made)]
+    assert [refund.metadata["idempotency_key"] for refund in listed] == [f"ref-many-{i}" for i in range(4, -1, -1)]
+    assert gateway.refunds_of(_charged(gateway, "charge-no-refunds").payment_intent_id) == []
+
+
+def test_unknown_payment_intents_and_refunds_are_not_found(gateway: StripeGateway) -> None:
+    with pytest.raises(NotFound) as refund_missing:
+        gateway.retrieve_refund("re_missing")
+    assert refund_missing.value.code == "refund_not_found"
+    with pytest.raises(NotFound):
+        gateway.refunds_of("pi_missing")
+    with pytest.raises(NotFound):
+        gateway.retrieve_payment_intent("pi_missing")
+    with pytest.raises(NotFound):
+        gateway.refund(payment_intent_id="pi_missing", amount_cents=100, idempotency_key="ref-missing", metadata={})
+
+
+def test_a_refund_key_reused_for_another_amount_is_a_conflict(gateway: StripeGateway) -> None:
+    charged = _charged(gateway, "charge-refund-reuse")
+    gateway.refund(payment_intent_id=charged.payment_intent_id, amount_cents=100, idempotency_key="ref-r", metadata={})
+
+    with pytest.raises(Conflict) as raised:
+        gateway.refund(
+            payment_intent_id=charged.payment_intent_id, amount_cents=200, idempotency_key="ref-r", metadata={}
+        )
+    assert raised.value.code == "idempotency_key_reused"
