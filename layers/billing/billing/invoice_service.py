@@ -164,33 +164,40 @@ def invoice_night(books: NightStore, clock: Clock, practice_id: str, business_da
     pending = books.uninvoiced_appointments(practice_id, before=business_date)
     for client_id, appointments in _billable_by_client(pending).items():
         for chunk in _chunks(appointments, MAX_LINES_PER_INVOICE):
-            invoice = _invoice_chunk(books, clock, practice_id, client_id, chunk, issue_date)
+            invoice = _invoice_chunk(books, clock, practice, client_id, chunk, issue_date)
             if invoice is not None:
+                practice = practice.model_copy(update={"last_invoice_sequence": invoice.sequence})
                 summary.invoices_created += 1
                 summary.appointments_invoiced += len(invoice.lines)
     return summary
 
 
 def _invoice_chunk(
-    books: Books, clock: Clock, practice_id: str, client_id: str, appointment_ids: list[str], issue_date: date
+    books: Books, clock: Clock, practice: Practice, client_id: str, appointment_ids: list[str], issue_date: date
 ) -> Invoice | None:
     """Invoice what is still uninvoiced and billable among ``appointment_ids`` (re-read consistently: the index
-    that listed them may lag, and staff may have invoiced some by hand meanwhile)."""
+    that listed them may lag, and staff may have invoiced some by hand meanwhile). The practice's counter as
+    last seen is tried first; after a lost race the practice is read again."""
+    known = [practice]
 
     def attempt() -> Invoice | None:
-        practice = _require_practice(books, practice_id)
         appointments = [
             a
-            for a in books.appointments_by_id(practice_id, appointment_ids)
+            for a in books.appointments_by_id(practice.practice_id, appointment_ids)
             if a.invoice_id is None and a.billable and a.client_id == client_id
         ]
         if not appointments:
             return None
-        credit = open_credit(books, practice_id, client_id)
+        credit = open_credit(books, practice.practice_id, client_id)
+        current = known[-1]
         plan = plan_invoice(
-            practice, practice.last_invoice_sequence, client_id, appointments, credit, issue_date, clock.now()
+            current, current.last_invoice_sequence, client_id, appointments, credit, issue_date, clock.now()
         )
-        books.commit(_issue(plan, practice_id))
+        try:
+            books.commit(_issue(plan, practice.practice_id))
+        except StaleState:
+            known.append(_require_practice(books, practice.practice_id))
+            raise
         return plan.invoice
 
     return optimistic(attempt)

@@ -186,25 +186,8 @@ class BillingStore:
 
     def appointments_by_id(self, practice_id: str, appointment_ids: list[str]) -> list[Appointment]:
         """The practice's appointments among ``appointment_ids`` (unknown ids are simply absent)."""
-        found: list[Appointment] = []
-        wanted = list(dict.fromkeys(appointment_ids))
-        for start in range(0, len(wanted), 100):
-            request = {
-                self._table: {
-                    "Keys": [
-                        to_attributes(keys.key(practice_id, keys.appointment_sk(i)))
-                        for i in wanted[start : start + 100]
-                    ],
-                    "ConsistentRead": True,
-                }
-            }
-            while request:
-                response = self._db.batch_get_item(RequestItems=request)
-                found += [
-                    Appointment.model_validate(_domain_fields(i)) for i in response["Responses"].get(self._table, [])
-                ]
-                request = response.get("UnprocessedKeys") or {}
-        return found
+        sort_keys = [keys.appointment_sk(i) for i in appointment_ids]
+        return [Appointment.model_validate(found) for found in self._batch_get(practice_id, sort_keys)]
 
     # -- invoices ----------------------------------------------------------------------------------
     @staticmethod
@@ -403,7 +386,7 @@ class BillingStore:
     # -- consistent reads by id -----------------------------------------------------------------------
     def _batch_get(self, practice_id: str, sort_keys: list[str]) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
-        wanted = list(dict.fromkeys(sort_keys))
+        wanted = list(dict.fromkeys(sort_keys))  # nothing wanted: no call at all
         for start in range(0, len(wanted), 100):
             request: dict[str, Any] = {
                 self._table: {
