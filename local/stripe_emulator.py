@@ -440,6 +440,7 @@ _EXPANDABLE: dict[str, dict[str, str]] = {
         "charge": "charge",
         "payment_intent": "payment_intent",
         "balance_transaction": "balance_transaction",
+        "failure_balance_transaction": "balance_transaction",
     },
     "balance_transaction": {"source": "charge"},
     "dispute": {"charge": "charge", "payment_intent": "payment_intent"},

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `make` sets PYTHONPATH; plain `pytest` runs need the repo root
     sys.path.insert(0, str(ROOT))
 
-from local.stripe_emulator import StripeEmulator, parse_form, stripe_fee  # noqa: E402
+from local.stripe_emulator import StripeEmulator, StripeEmulatorError, parse_form, stripe_fee  # noqa: E402
 
 WHSEC = "whsec_emulator_test"
 DECLINES = [
@@ -580,3 +580,208 @@ def test_command_line_runs_in_the_foreground():
     finally:
         process.terminate()
         assert process.wait(timeout=5) == 0
+
+
+def control(emulator, path, **data):
+    response = requests.post(f"{emulator.url}/_emulator/{path}", data=data, timeout=5)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_charge_can_end_in_processing_and_settle_later(emulator, client, receiver):
+    customer, card = customer_with_card(client)
+    control(emulator, "process_next_charge")
+    params = charge_params(customer, card, amount=2000)
+
+    intent = client.v1.payment_intents.create(params, {"idempotency_key": "processing-1"})
+
+    assert intent.status == "processing"
+    charge = client.v1.charges.retrieve(intent.latest_charge)
+    assert (charge.status, charge.paid, charge.balance_transaction) == ("pending", False, None)
+    with pytest.raises(stripe.InvalidRequestError):  # nothing was paid yet
+        client.v1.refunds.create({"payment_intent": intent.id})
+    settled = control(emulator, f"payment_intents/{intent.id}/settle", succeeded="true")
+    assert (settled["status"], settled["amount_received"]) == ("succeeded", 2000)
+    expanded = client.v1.payment_intents.retrieve(intent.id, {"expand": ["latest_charge.balance_transaction"]})
+    assert expanded.latest_charge.paid is True
+    assert expanded.latest_charge.balance_transaction.fee == stripe_fee(2000)
+    # The same key replays the first answer, as Stripe does.
+    assert client.v1.payment_intents.create(params, {"idempotency_key": "processing-1"}).status == "processing"
+    assert emulator.wait_for_webhooks()
+    assert receiver.wait_for(2) and receiver.types() == ["payment_intent.processing", "payment_intent.succeeded"]
+    # The next charge is an ordinary one again.
+    assert client.v1.payment_intents.create(charge_params(customer, card)).status == "succeeded"
+
+
+def test_a_processing_charge_can_be_declined_when_it_settles(emulator, client):
+    customer, card = customer_with_card(client, "pm_card_processing")
+    intent = client.v1.payment_intents.create(charge_params(customer, card))
+    assert intent.status == "processing"
+    assert client.v1.payment_intents.create(charge_params(customer, card)).status == "processing"
+
+    declined = emulator.settle_payment_intent(intent.id, succeeded=False, decline_code="expired_card")
+
+    assert declined["status"] == "requires_payment_method"
+    assert (declined["last_payment_error"]["code"], declined["last_payment_error"]["decline_code"]) == (
+        "expired_card",
+        "expired_card",
+    )
+    assert client.v1.charges.retrieve(intent.latest_charge).status == "failed"
+    assert emulator.events()[-1]["type"] == "payment_intent.payment_failed"
+    with pytest.raises(StripeEmulatorError):
+        emulator.settle_payment_intent(intent.id)  # only a processing PaymentIntent settles
+    missing = requests.post(f"{emulator.url}/_emulator/payment_intents/pi_missing/settle", timeout=5)
+    assert missing.status_code == 404
+
+
+def test_a_processing_card_that_declines_settles_as_its_card_does(emulator, client):
+    customer, card = customer_with_card(client, "pm_card_chargeDeclinedInsufficientFunds")
+    emulator.process_next_charge()
+    intent = client.v1.payment_intents.create(charge_params(customer, card))
+
+    settled = emulator.settle_payment_intent(intent.id)
+
+    assert settled["last_payment_error"]["decline_code"] == "insufficient_funds"
+
+
+def test_a_pending_refund_succeeds_when_settled(emulator, client, receiver):
+    customer, card = customer_with_card(client)
+    intent = client.v1.payment_intents.create(charge_params(customer, card, amount=1000))
+    control(emulator, "pend_next_refund")
+
+    refund = client.v1.refunds.create({"payment_intent": intent.id, "amount": 400})
+
+    assert refund.status == "pending"
+    assert client.v1.charges.retrieve(intent.latest_charge).amount_refunded == 400
+    settled = control(emulator, f"refunds/{refund.id}/settle")
+    assert settled["status"] == "succeeded"
+    assert client.v1.refunds.retrieve(refund.id).status == "succeeded"
+    assert emulator.wait_for_webhooks()
+    receiver.wait_for(5)
+    assert receiver.types() == [
+        "payment_intent.succeeded",
+        "charge.refunded",
+        "refund.created",
+        "charge.refund.updated",
+        "refund.updated",
+    ]
+    updated = emulator.events("refund.updated")[0]["data"]
+    assert (updated["object"]["status"], updated["previous_attributes"]) == ("succeeded", {"status": "pending"})
+
+
+def test_a_failing_refund_fails_when_settled_and_the_charge_can_be_refunded_again(emulator, client):
+    customer, card = customer_with_card(client)
+    intent = client.v1.payment_intents.create(charge_params(customer, card, amount=1000))
+    control(emulator, "fail_next_refund", failure_reason="lost_or_stolen_card")
+    refund = client.v1.refunds.create({"payment_intent": intent.id})
+    assert refund.status == "pending"
+    assert client.v1.charges.retrieve(intent.latest_charge).refunded is True
+
+    (failed,) = control(emulator, "settle_refunds")["data"]
+
+    assert (failed["id"], failed["status"], failed["failure_reason"]) == (refund.id, "failed", "lost_or_stolen_card")
+    fetched = client.v1.refunds.retrieve(refund.id, {"expand": ["failure_balance_transaction"]})
+    assert fetched.failure_reason == "lost_or_stolen_card"
+    assert fetched.failure_balance_transaction.amount == 1000
+    charge = client.v1.charges.retrieve(intent.latest_charge)
+    assert (charge.amount_refunded, charge.refunded) == (0, False)
+    assert [event["type"] for event in emulator.events()][-3:] == [
+        "charge.refund.updated",
+        "refund.updated",
+        "refund.failed",
+    ]
+    assert client.v1.refunds.create({"payment_intent": intent.id}).status == "succeeded"
+    with pytest.raises(StripeEmulatorError):
+        emulator.settle_refund(refund.id)  # only a pending refund settles
+    with pytest.raises(ValueError):
+        emulator.fail_next_refund("because")
+    assert requests.post(f"{emulator.url}/_emulator/fail_next_refund", data={"failure_reason": "x"}).status_code == 400
+
+
+def test_a_pending_refund_can_be_told_how_to_end(emulator, client):
+    customer, card = customer_with_card(client)
+    intent = client.v1.payment_intents.create(charge_params(customer, card, amount=1000))
+    emulator.pend_next_refund(times=2)
+    first = client.v1.refunds.create({"payment_intent": intent.id, "amount": 100})
+    second = client.v1.refunds.create({"payment_intent": intent.id, "amount": 200})
+
+    assert emulator.settle_refund(first.id, succeeded=False, failure_reason="declined")["status"] == "failed"
+    assert control(emulator, f"refunds/{second.id}/settle", succeeded="false")["failure_reason"] == "unknown"
+    assert client.v1.refunds.create({"payment_intent": intent.id, "amount": 300}).status == "succeeded"
+
+
+def test_refunds_are_listed_by_payment_intent_or_charge(client):
+    customer, card = customer_with_card(client)
+    intent = client.v1.payment_intents.create(charge_params(customer, card, amount=1000))
+    other = client.v1.payment_intents.create(charge_params(customer, card, amount=1000))
+    made = [client.v1.refunds.create({"payment_intent": intent.id, "amount": 100}).id for _ in range(3)]
+    client.v1.refunds.create({"payment_intent": other.id, "amount": 100})
+
+    page = client.v1.refunds.list({"payment_intent": intent.id, "limit": 2})
+    assert [refund.id for refund in page.data] == made[::-1][:2]
+    assert page.has_more is True
+    rest = client.v1.refunds.list({"payment_intent": intent.id, "starting_after": page.data[-1].id})
+    assert ([refund.id for refund in rest.data], rest.has_more) == ([made[0]], False)
+    assert [refund.id for refund in client.v1.refunds.list({"charge": intent.latest_charge}).data] == made[::-1]
+    assert len(client.v1.refunds.list().data) == 4
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        client.v1.refunds.list({"payment_intent": "pi_missing"})
+    assert (missing.value.http_status, missing.value.code, missing.value.param) == (
+        400,
+        "resource_missing",
+        "payment_intent",
+    )
+
+
+def test_key_in_use_answers_409_and_does_nothing(emulator, client):
+    customer, card = customer_with_card(client)
+    control(emulator, "key_in_use_next", path_prefix="/v1/payment_intents")
+
+    with pytest.raises(stripe.StripeError) as in_use:
+        client.v1.payment_intents.create(charge_params(customer, card), {"idempotency_key": "busy-1"})
+
+    assert in_use.value.http_status == 409
+    assert in_use.value.json_body["error"]["code"] == "idempotency_key_in_use"
+    assert emulator.payment_intents() == []
+    assert client.v1.payment_intents.create(charge_params(customer, card), {"idempotency_key": "busy-1"}).id
+
+
+def test_forgotten_idempotency_keys_run_the_request_again(emulator, client):
+    customer, card = customer_with_card(client)
+    params = charge_params(customer, card, metadata={"idempotency_key": "day-1"})
+    first = client.v1.payment_intents.create(params, {"idempotency_key": "day-1"})
+    assert client.v1.payment_intents.create(params, {"idempotency_key": "day-1"}).id == first.id
+
+    assert control(emulator, "forget_idempotency_keys") == {"forgotten": 3}  # customer, attach, charge
+
+    second = client.v1.payment_intents.create(params, {"idempotency_key": "day-1"})
+    assert second.id != first.id
+    assert "Idempotent-Replayed" not in second.last_response.headers
+    # Metadata search still finds both: it is what a caller looks with once the key is forgotten.
+    found = client.v1.payment_intents.search({"query": "metadata['idempotency_key']:'day-1'"})
+    assert {pi.id for pi in found.data} == {first.id, second.id}
+    # Other parameters with a forgotten key are simply a new request too.
+    assert emulator.forget_idempotency_keys() == 1
+    assert client.v1.payment_intents.create({**params, "amount": 6000}, {"idempotency_key": "day-1"}).amount == 6000
+
+
+def test_forgetting_keeps_the_keys_of_requests_still_running(emulator, client):
+    customer, card = customer_with_card(client)
+    params = charge_params(customer, card)
+    emulator.set_latency(0.5, "/v1/payment_intents", "POST")
+    ids = []
+    try:
+        thread = threading.Thread(
+            target=lambda: ids.append(client.v1.payment_intents.create(params, {"idempotency_key": "slow-1"}).id)
+        )
+        thread.start()
+        time.sleep(0.2)
+        emulator.forget_idempotency_keys()
+        with pytest.raises(stripe.StripeError) as in_use:
+            client.v1.payment_intents.create(params, {"idempotency_key": "slow-1"})
+        assert in_use.value.http_status == 409
+        thread.join(5)
+    finally:
+        emulator.set_latency(0, "/v1/payment_intents", "POST")
+    assert len(ids) == 1
+    assert client.v1.payment_intents.create(params, {"idempotency_key": "slow-1"}).id == ids[0]
