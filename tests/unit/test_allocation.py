@@ -1,13 +1,15 @@
-"""Where money goes: credit taken oldest first, allocation to named or oldest invoices, refunds unwinding."""
+"""Where money goes: claims before a charge, credit taken oldest first, refunds unwinding, and the account
+totals a unit of work derives from the objects' transitions."""
 
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from billing.allocation import Refund, RefundStatus, allocate, check_payable, plan_refund
+from billing.allocation import check_refundable, payable_invoices, plan_claims, plan_refund_takes
 from billing.errors import Conflict
 from billing.invoices import Invoice, InvoiceLine, InvoiceStatus
-from billing.payments import Payment, PaymentMethod, PaymentStatus, idempotent_id, take_credit
+from billing.payments import Payment, PaymentAllocation, PaymentMethod, PaymentStatus, idempotent_id, take_credit
+from billing.unit_of_work import UnitOfWork
 
 NOW = datetime(2026, 11, 27, 15, tzinfo=UTC)
 
@@ -43,40 +45,48 @@ def _payment(payment_id: str, amount: int, unallocated: int = 0, minutes: int = 
     )
 
 
-def _refund(amount: int) -> Refund:
-    return Refund(
-        refund_id="re_1",
-        payment_id="pay_1",
-        client_id="cli_1",
-        amount_cents=amount,
-        status=RefundStatus.PENDING,
-        created_at=NOW,
-    )
-
-
-def test_a_payment_pays_the_oldest_invoices_first_and_keeps_the_rest_as_credit() -> None:
+def test_a_payment_claims_the_oldest_invoices_first_and_the_rest_is_prepaid_credit() -> None:
     older, newer = _invoice(1, 5000), _invoice(2, 3000)
-    settled = allocate("p", _payment("pay_1", 9000), [newer, older], None)
-    assert [(a.invoice_id, a.amount_cents) for a in settled.payment.allocations] == [("inv_1", 5000), ("inv_2", 3000)]
-    assert settled.payment.unallocated_cents == 1000 and settled.payment.status is PaymentStatus.SUCCEEDED
-    assert [i.status for i in settled.invoices] == [InvoiceStatus.PAID, InvoiceStatus.PAID]
+    claims = plan_claims(9000, payable_invoices([newer, older], None), named=False)
+    assert [(c.invoice_id, c.amount_cents) for c in claims] == [("inv_1", 5000), ("inv_2", 3000)]
 
 
-def test_a_payment_pays_the_named_invoice_only() -> None:
+def test_a_payment_claims_only_the_named_invoice() -> None:
     older, newer = _invoice(1, 5000), _invoice(2, 3000)
-    settled = allocate("p", _payment("pay_1", 2000), [older, newer], ["inv_2"])
-    assert [(a.invoice_id, a.amount_cents) for a in settled.payment.allocations] == [("inv_2", 2000)]
-    assert settled.invoices[0].status is InvoiceStatus.PARTIALLY_PAID
+    claims = plan_claims(2000, payable_invoices([older, newer], ["inv_2"]), named=True)
+    assert [(c.invoice_id, c.amount_cents) for c in claims] == [("inv_2", 2000)]
 
 
 def test_naming_an_invoice_that_is_not_open_is_refused_before_any_money_is_taken() -> None:
+    with pytest.raises(Conflict) as refused:
+        payable_invoices([_invoice(1, 5000)], ["inv_9"])
+    assert refused.value.code == "invoice_not_open"
+
+
+def test_what_an_in_flight_payment_holds_cannot_be_claimed_again() -> None:
+    held = _invoice(1, 15000).with_hold("pay_first", 15000)
+    assert (held.balance_cents, held.available_cents) == (15000, 0)
+    with pytest.raises(Conflict) as named:
+        plan_claims(15000, [held], named=True)
+    assert named.value.code == "payment_in_progress"
+    # Unnamed: the amount would only be left over because another payment is in flight, so it is refused too.
     with pytest.raises(Conflict):
-        check_payable([_invoice(1, 5000)], ["inv_9"])
+        plan_claims(15000, [held], named=False)
 
 
-def test_money_taken_for_an_invoice_paid_meanwhile_becomes_credit() -> None:
-    settled = allocate("p", _payment("pay_1", 2000), [_invoice(1, 5000)], ["inv_9"])
-    assert settled.payment.allocations == [] and settled.payment.unallocated_cents == 2000
+def test_a_partly_held_invoice_lends_what_is_left_and_a_released_hold_frees_it() -> None:
+    held = _invoice(1, 10000).with_hold("pay_first", 6000)
+    assert [c.amount_cents for c in plan_claims(4000, [held], named=True)] == [4000]
+    with pytest.raises(Conflict):
+        plan_claims(5000, [held], named=True)
+    released = held.with_hold_released("pay_first")
+    assert released.available_cents == 10000 and released.version == held.version + 1
+
+
+def test_a_settled_hold_becomes_the_payments_allocation() -> None:
+    settled = _invoice(1, 10000).with_hold("pay_first", 6000).with_hold_settled("pay_first")
+    assert (settled.paid_cents, settled.balance_cents, settled.holds) == (6000, 4000, [])
+    assert settled.status is InvoiceStatus.PARTIALLY_PAID
 
 
 def test_credit_is_taken_from_the_oldest_payment_first() -> None:
@@ -86,21 +96,42 @@ def test_credit_is_taken_from_the_oldest_payment_first() -> None:
     assert uses[1].payment.unallocated_cents == 2000
 
 
-def test_a_refund_takes_credit_first_then_unpays_the_newest_invoice() -> None:
-    first, second = _invoice(1, 5000), _invoice(2, 3000)
-    settled = allocate("p", _payment("pay_1", 9000), [first, second], None)
-    refund = _refund(2500)
-    plan = plan_refund("p", refund, settled.payment, settled.invoices)
-    assert plan.from_credit_cents == 1000
-    assert [(i.invoice_id, i.balance_cents) for i in plan.invoices] == [("inv_2", 1500)]
-    assert plan.payment.refunded_cents == 2500 and plan.payment.unallocated_cents == 0
+def test_a_refund_takes_credit_first_then_the_newest_allocations() -> None:
+    paid = _payment("pay_1", 9000, 1000).model_copy(
+        update={
+            "allocations": [
+                PaymentAllocation(invoice_id="inv_1", amount_cents=5000),
+                PaymentAllocation(invoice_id="inv_2", amount_cents=3000),
+            ]
+        }
+    )
+    takes = plan_refund_takes(paid, 2500)
+    assert [(t.invoice_id, t.amount_cents) for t in takes] == [(None, 1000), ("inv_2", 1500)]
 
 
-def test_never_refund_more_than_is_refundable() -> None:
-    settled = allocate("p", _payment("pay_1", 1000), [], None)
-    refund = _refund(1001)
+def test_never_refund_more_than_is_refundable_nor_what_is_already_being_refunded() -> None:
+    paid = _payment("pay_1", 1000, 1000)
     with pytest.raises(Conflict, match="exceeds"):
-        plan_refund("p", refund, settled.payment, [])
+        check_refundable(paid, 1001)
+    pending = paid.model_copy(update={"pending_refund_cents": 600})
+    assert check_refundable(pending, None) == 400
+    with pytest.raises(Conflict, match="exceeds"):
+        check_refundable(pending, 401)
+
+
+def test_a_unit_of_work_derives_the_account_from_the_objects_transitions() -> None:
+    pending = _payment("pay_1", 9000)
+    succeeded = pending.next(status=PaymentStatus.SUCCEEDED, unallocated_cents=1000)
+    invoice = _invoice(1, 8000)
+    paid = invoice.model_copy(update={"allocations": []}).with_payment("pay_1", 8000)
+    unit = UnitOfWork("p").change(pending, succeeded).change(invoice, paid)
+    account = unit.accounts["cli_1"]
+    assert (account.paid_cents, account.unallocated_credit_cents, account.invoiced_cents) == (9000, 1000, 0)
+    assert (account.closed, account.credit_added) == ({"inv_1"}, {"pay_1"})
+    new_invoice = UnitOfWork("p").create(_invoice(2, 3000)).accounts["cli_1"]
+    assert (new_invoice.invoiced_cents, new_invoice.opened) == (3000, {"inv_2"})
+    with pytest.raises(ValueError, match="next version"):
+        UnitOfWork("p").change(pending, pending)
 
 
 def test_idempotent_ids_are_deterministic_per_practice_and_carry_no_input() -> None:
