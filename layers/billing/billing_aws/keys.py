@@ -86,8 +86,3 @@ def uninvoiced_gsi3pk(practice_id: str) -> str:
 
 def uninvoiced_gsi3sk(day: date, appointment_id: str) -> str:
     return f"{day.isoformat()}#{appointment_id}"
-
-
-# GSI3 (sparse): a practice's payments with unallocated money (client credit), oldest first.
-def credit_gsi3pk(practice_id: str) -> str:
-    return f"PRACTICE#{practice_id}#CREDIT"

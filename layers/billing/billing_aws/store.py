@@ -12,7 +12,7 @@ from billing.cards import Card
 from billing.clients import Client
 from billing.errors import StaleState
 from billing.invoices import Invoice
-from billing.payments import IdempotencyRecord, Payment, PaymentStatus, ProcessorRefundLink, Refund
+from billing.payments import IdempotencyRecord, Payment, ProcessorRefundLink, Refund
 from billing.practices import Practice, PracticeSettings
 from billing.unit_of_work import MAX_ITEMS, AccountChange, Changed, Created, UnitOfWork
 from billing_aws import keys
@@ -229,10 +229,6 @@ class BillingStore:
             "GSI2PK": keys.client_gsi2pk(practice_id, payment.client_id),
             "GSI2SK": keys.payment_gsi2sk(values["created_at"], payment.payment_id),
         }
-        # Only payments with money not yet applied to an invoice sit in the sparse credit index.
-        if payment.status is PaymentStatus.SUCCEEDED and payment.unallocated_cents > 0:
-            values["GSI3PK"] = keys.credit_gsi3pk(practice_id)
-            values["GSI3SK"] = f"{values['created_at']}#{payment.payment_id}"
         return values
 
     def get_payment(self, practice_id: str, payment_id: str) -> Payment | None:
