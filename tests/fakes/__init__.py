@@ -1,0 +1,1 @@
+"""In-memory fakes of the billing domain's collaborators, for tests that run with the network off."""
