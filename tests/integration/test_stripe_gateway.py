@@ -1,5 +1,6 @@
 """The Stripe gateway against the local Stripe emulator, through the real ``stripe`` SDK."""
 
+import itertools
 import json
 import re
 import time
@@ -635,18 +636,28 @@ def test_find_charge_never_answers_none_when_it_could_not_look_everywhere(
     gateway: StripeGateway, emulator: StripeEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(gateway_module, "_PAGE_SIZE", 1)
-    monkeypatch.setattr(gateway_module, "PAGING_DEADLINE_SECONDS", 0.0)
+    monkeypatch.setattr(gateway_module, "PAGING_DEADLINE_SECONDS", 1.5)
     customer_id, card = _customer_with(gateway)
     newest_first = [_charge(gateway, customer_id, card, f"charge-page-{index}", amount=1000) for index in range(3)]
+    ticks: Iterator[float] = itertools.count()
+    monkeypatch.setattr(gateway_module, "_clock", lambda: float(next(ticks)))  # each look at the clock: +1 s
 
-    # Search knows nothing yet (its index lags) and there is no time to read every page: unknown, not None.
+    # Search knows nothing yet (its index lags); the scan reads one page, then time is up: unknown, not None.
     emulator.fail_next_request("/v1/payment_intents/search", times=1, status=400, method="GET")
     with pytest.raises(GatewayUnavailable):
         gateway.find_charge("never-sent", customer_id)
-    # What the first page holds is still found.
+    # What the pages read in time hold is still found.
+    ticks = itertools.count()
     emulator.fail_next_request("/v1/payment_intents/search", times=1, status=400, method="GET")
     found = gateway.find_charge("charge-page-2", customer_id)
     assert found is not None and found.payment_intent_id == newest_first[2].payment_intent_id
+    # Only the operation's first request may start after the deadline: search, then no list at all.
+    ticks = itertools.chain([0.0], itertools.repeat(100.0))  # the search itself outlasts the deadline
+    before = len(emulator.request_log())
+    emulator.fail_next_request("/v1/payment_intents/search", times=1, status=400, method="GET")
+    with pytest.raises(GatewayUnavailable):
+        gateway.find_charge("never-sent", customer_id)
+    assert [entry["path"] for entry in emulator.request_log()[before:]] == ["/v1/payment_intents/search"]
 
 
 # ---- refunds ---------------------------------------------------------------------------------------

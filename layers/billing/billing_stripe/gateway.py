@@ -54,8 +54,9 @@ WEBHOOK_TOLERANCE_SECONDS = 300
 #   attempt  <= CONNECT_TIMEOUT + READ_TIMEOUT = 1.0 s + 3.0 s    = 4.0 s
 #   backoff  <= sum(min(0.5 * 2**(n - 1), 5) for n in 1..retries) = 0.5 s   (jitter only shortens it)
 #   request  <= 2 * 4.0 s + 0.5 s                                 = 8.5 s
-# Lookups that page (find_charge's scan, refunds_of) start no further page after
-# PAGING_DEADLINE_SECONDS, so they take at most 2.0 s + 8.5 s = 10.5 s.
+# An operation that makes several requests (find_charge: search, then list pages; refunds_of: pages; a decline
+# that names no PaymentIntent: the charge, then a lookup) starts no request after its first one once
+# PAGING_DEADLINE_SECONDS have passed since it began, so it takes at most 2.0 s + 8.5 s = 10.5 s.
 # Reading the Stripe secret (at most once per SECRET_MAX_AGE_SECONDS) takes at most
 #   SECRET_CONNECT_TIMEOUT + SECRET_READ_TIMEOUT = 1.0 s + 1.0 s = 2.0 s (one attempt: it happens before
 # anything is charged, so failing it fails the request harmlessly).
@@ -338,6 +339,8 @@ class StripeGateway:
         if amount_cents <= 0:
             raise InvalidRequest("A charge must be for a positive amount.", code="invalid_amount")
         sent_metadata = safe_metadata({**metadata, "idempotency_key": idempotency_key})
+        deadline = _Deadline(PAGING_DEADLINE_SECONDS)
+        deadline.before_request()
         with _outage_is_unavailable():
             try:
                 intent = self._client.v1.payment_intents.create(
@@ -356,7 +359,7 @@ class StripeGateway:
                     {"idempotency_key": idempotency_key},
                 )
             except stripe.CardError as error:
-                return self._declined(error, idempotency_key, customer_id)
+                return self._declined(error, idempotency_key, customer_id, deadline)
             except stripe.InvalidRequestError as error:
                 raise _invalid_request(error) from error
         return _outcome(intent)
@@ -371,7 +374,7 @@ class StripeGateway:
         Should one key have made several PaymentIntents, the succeeded one wins, then a processing one.
         """
         with _outage_is_unavailable():
-            intent = self._find_intent(idempotency_key, customer_id)
+            intent = self._find_intent(idempotency_key, customer_id, _Deadline(PAGING_DEADLINE_SECONDS))
         return _outcome(intent) if intent is not None else None
 
     def retrieve_payment_intent(self, payment_intent_id: str) -> ChargeOutcome:
@@ -475,12 +478,14 @@ class StripeGateway:
 
     # ---- internals -----------------------------------------------------------------------------
 
-    def _declined(self, error: stripe.CardError, idempotency_key: str, customer_id: str) -> ChargeOutcome:
+    def _declined(
+        self, error: stripe.CardError, idempotency_key: str, customer_id: str, deadline: "_Deadline"
+    ) -> ChargeOutcome:
         details = error.error
         intent = details.payment_intent if details is not None else None
         if intent is None:
             # Stripe names the PaymentIntent on every PaymentIntent decline; look it up if it did not.
-            intent = self._find_intent(idempotency_key, customer_id)
+            intent = self._find_intent(idempotency_key, customer_id, deadline)
         if intent is None:
             raise GatewayUnavailable("Stripe declined the charge but named no PaymentIntent") from error
         return ChargeOutcome(
@@ -495,17 +500,19 @@ class StripeGateway:
             metadata=_plain_metadata(intent),
         )
 
-    def _find_intent(self, idempotency_key: str, customer_id: str) -> stripe.PaymentIntent | None:
-        deadline = _Deadline(PAGING_DEADLINE_SECONDS)
-        found = self._search(idempotency_key, customer_id)
+    def _find_intent(
+        self, idempotency_key: str, customer_id: str, deadline: "_Deadline"
+    ) -> stripe.PaymentIntent | None:
+        found = self._search(idempotency_key, customer_id, deadline)
         if not found:
             found = self._scan_customer(idempotency_key, customer_id, deadline)
         if not found:
             return None
         return max(found, key=lambda intent: (_preference(intent), intent.created))
 
-    def _search(self, idempotency_key: str, customer_id: str) -> list[stripe.PaymentIntent]:
+    def _search(self, idempotency_key: str, customer_id: str, deadline: "_Deadline") -> list[stripe.PaymentIntent]:
         query = f"metadata['idempotency_key']:'{_quoted(idempotency_key)}' AND customer:'{_quoted(customer_id)}'"
+        deadline.before_request()
         try:
             result = self._client.v1.payment_intents.search(
                 {"query": query, "limit": 10, "expand": [f"data.{path}" for path in _PI_EXPAND]}
@@ -544,27 +551,32 @@ class StripeGateway:
 
 
 class _Deadline:
-    """Paged lookups start no further request after ``seconds`` (the Lambda must keep time to record)."""
+    """One operation's requests: the first always starts, later ones only until ``seconds`` have passed since
+    the operation began (the Lambda must keep time to record what happened)."""
 
     def __init__(self, seconds: float) -> None:
-        self._ends = time.monotonic() + seconds
+        self._ends = _clock() + seconds
+        self._started = False
 
-    def check(self) -> None:
-        if time.monotonic() > self._ends:
+    def before_request(self) -> None:
+        if self._started and _clock() > self._ends:
             raise GatewayUnavailable("Stripe could not be read completely in time")
+        self._started = True
 
 
+_clock = time.monotonic  # tests move it by hand
 _Item = TypeVar("_Item", bound=stripe.StripeObject)
 
 
 def _every(page: Callable[[str | None], stripe.ListObject[_Item]], deadline: _Deadline) -> Iterator[_Item]:
     """Every item of a Stripe list, page by page (``page(starting_after)``), within ``deadline``."""
+    deadline.before_request()
     current = page(None)
     while True:
         yield from current.data
         if not current.has_more or not current.data:
             return
-        deadline.check()
+        deadline.before_request()
         current = page(str(current.data[-1]["id"]))
 
 
