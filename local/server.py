@@ -1,19 +1,25 @@
-"""The local API Gateway: serves the routes ``template.yaml`` declares by calling the real handlers.
+"""The local API Gateway: serves the routes ``template.yaml`` declares by invoking the real handlers.
 
 Each request becomes an HTTP API payload v2.0 event (JWT claims where the authorizer puts them) and
-goes to the function's ``lambda_handler`` in this process. Local tokens are HS256, signed with
-``BILLING_LOCAL_JWT_SECRET``. Besides the template's routes the server answers ``GET /openapi.json``
-(the handlers' merged OpenAPI), ``GET /swagger`` (Swagger UI, offline), ``GET /_local/health`` and,
-in local mode, ``POST /_local/scheduler/fire``.
+is invoked on the route's function through `local.functions.FunctionHost`: every function runs in
+worker processes of its own, one event at a time, with its own environment and its Timeout enforced,
+like Lambda execution environments (see that module). What API Gateway would answer when the
+function fails is answered here too, in the API's error shape
+``{"error": {"code", "message", "details"}}``: 500 when the handler raised, 502 when its worker
+crashed or it cannot load, 504 past its Timeout. The server's own answers use the same shape: 404 for
+an unknown route, 405 (with ``Allow``) for a known path with another method, 400/414/431/501... for
+what the HTTP layer refuses.
+
+Local tokens are HS256, signed with ``BILLING_LOCAL_JWT_SECRET``. Besides the template's routes the
+server answers ``GET /openapi.json`` (the handlers' merged OpenAPI), ``GET /swagger`` (Swagger UI,
+offline), ``GET /_local/health`` and, in local mode, ``POST /_local/scheduler/fire``.
 """
 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import mimetypes
-import os
 import re
 import sys
 import threading
@@ -23,15 +29,23 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import jwt
 
 from local import scheduler as local_scheduler
+from local.functions import (
+    DEFAULT_MAX_WORKERS,
+    FunctionError,
+    FunctionHost,
+    FunctionInitError,
+    FunctionTimeout,
+    InvocationError,
+)
 from local.template import LOCAL_ACCOUNT_ID, HttpRoute, Resolver, Template
 from local.token import local_jwt_secret
 
@@ -52,186 +66,37 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 _HOP_BY_HOP = {"connection", "content-length", "transfer-encoding", "keep-alive"}
 
 
+__all__ = ["FunctionHost", "LocalServer", "RouteTable", "error_body", "http_event", "lambda_response"]
+
+# Error codes for statuses the HTTP layer answers by itself (others: the status phrase in snake case).
+_STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    431: "request_header_fields_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+    505: "http_version_not_supported",
+}
+
+
 def error_body(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:
     """The API's error shape: ``{"error": {"code", "message", "details"}}``."""
     return {"error": {"code": code, "message": message, "details": details or []}}
 
 
-# ---------------------------------------------------------------- functions in this process
-
-
-@dataclass
-class LambdaContext:
-    """The parts of Lambda's context object that handlers and Powertools read."""
-
-    function_name: str
-    memory_limit_in_mb: int
-    invoked_function_arn: str
-    aws_request_id: str
-    deadline: float
-    function_version: str = "$LATEST"
-    identity: Any = None
-    client_context: Any = None
-
-    @property
-    def log_group_name(self) -> str:
-        """``/aws/lambda/<function>``, as Lambda names it."""
-        return f"/aws/lambda/{self.function_name}"
-
-    @property
-    def log_stream_name(self) -> str:
-        """A per-invocation stream name (there is no real stream locally)."""
-        return f"local/[$LATEST]{self.aws_request_id.replace('-', '')}"
-
-    def get_remaining_time_in_millis(self) -> int:
-        """Milliseconds left before the function's configured Timeout."""
-        return max(0, int((self.deadline - time.monotonic()) * 1000))
-
-
-# The template function whose handler runs on this thread (tests attribute AWS calls to functions with it).
-running_function = threading.local()
-
-
-class FunctionHost:
-    """Loads and invokes the template's handlers in this process, like warm Lambda containers.
-
-    Every concurrent invocation of a function gets its own copy of the handler module (its own
-    "container"), so module-level state such as a Powertools resolver is never shared by two
-    requests at once; idle copies are reused.
-    """
-
-    def __init__(self, template: Template, resolver: Resolver) -> None:
-        self.template = template
-        self.resolver = resolver
-        self._idle: dict[str, list[ModuleType]] = {}
-        self._lock = threading.Lock()
-        self._import_lock = threading.RLock()
-        self._generation = 0
-
-    def environment(self, warn: bool = False) -> dict[str, str]:
-        """The union of every function's resolved environment (one process serves them all)."""
-        merged: dict[str, str] = {}
-        for function_id in self.template.functions:
-            for name, value in self.resolver.function_environment(function_id).items():
-                conflict = name in merged and merged[name] != value and name != "POWERTOOLS_SERVICE_NAME"
-                if warn and conflict:
-                    print(
-                        f"local api: {name} differs between functions; using {function_id}'s",
-                        file=sys.stderr,
-                    )
-                merged[name] = value
-        # Functions disagree on their service name and share one process: call it what it is.
-        merged["POWERTOOLS_SERVICE_NAME"] = "local"
-        return merged
-
-    def apply_environment(self, overrides: Mapping[str, str] | None = None) -> None:
-        """Put the functions' environment, then ``overrides``, into ``os.environ``."""
-        os.environ.update(self.environment(warn=True))
-        os.environ.update(overrides or {})
-        for layer_dir in self.layer_dirs():
-            if str(layer_dir) not in sys.path:
-                sys.path.append(str(layer_dir))
-
-    def layer_dirs(self) -> list[Path]:
-        """Local folders of the template's layers (SAM's python3.12 build imports from there)."""
-        layers = self.template.of_type("AWS::Serverless::LayerVersion")
-        dirs = [self.template.root / str(props.get("ContentUri")) for props in layers.values()]
-        return [path.resolve() for path in dirs if path.is_dir()]
-
-    def _load(self, function_id: str) -> ModuleType:
-        spec_info = self.template.functions[function_id]
-        path = spec_info.handler_file
-        if not path.is_file():
-            raise FileNotFoundError(f"{function_id}: handler file {path} does not exist")
-        with self._import_lock:
-            self._generation += 1
-            suffix = re.sub(r"\W", "_", spec_info.handler_module)
-            name = f"_local_lambda_{function_id}_{suffix}_{self._generation}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            if spec is None or spec.loader is None:
-                raise ImportError(f"{function_id}: cannot load {path}")
-            module = importlib.util.module_from_spec(spec)
-            self._forget_siblings()
-            code_dir = str(spec_info.code_dir)
-            # Lambda puts the CodeUri folder first on sys.path, so handlers may import siblings.
-            sys.path.insert(0, code_dir)
-            sys.modules[name] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                sys.modules.pop(name, None)
-                raise
-            finally:
-                sys.path.remove(code_dir)
-            return module
-
-    def _forget_siblings(self) -> None:
-        """Drop handlers' sibling modules so each load imports its own ``models.py`` afresh."""
-        code_dirs = tuple(
-            str(spec.code_dir) + os.sep
-            for spec in self.template.functions.values()
-            if spec.code_dir != self.template.root  # CodeUri "." would take everything with it
-        )
-        for module_name, module in list(sys.modules.items()):
-            module_file = getattr(module, "__file__", None) or ""
-            if not module_name.startswith("_local_lambda_") and module_file.startswith(code_dirs):
-                del sys.modules[module_name]
-
-    def acquire(self, function_id: str) -> ModuleType:
-        """An idle handler module of ``function_id``, loading a new one when all are busy."""
-        with self._lock:
-            idle = self._idle.setdefault(function_id, [])
-            if idle:
-                return idle.pop()
-        return self._load(function_id)
-
-    def release(self, function_id: str, module: ModuleType) -> None:
-        """Return a module taken with `acquire` to the idle pool."""
-        with self._lock:
-            self._idle.setdefault(function_id, []).append(module)
-
-    def context(self, function_id: str) -> LambdaContext:
-        """A fresh Lambda context for one invocation of ``function_id``."""
-        spec = self.template.functions[function_id]
-        return LambdaContext(
-            function_name=function_id,
-            memory_limit_in_mb=spec.memory_size,
-            invoked_function_arn=self.resolver.function_arn(function_id),
-            aws_request_id=str(uuid.uuid4()),
-            deadline=time.monotonic() + spec.timeout,
-        )
-
-    def invoke(self, function_id: str, event: Any) -> Any:
-        """Call the function's handler with ``event``; its exceptions propagate to the caller."""
-        spec = self.template.functions[function_id]
-        module = self.acquire(function_id)
-        outer = getattr(running_function, "id", None)
-        running_function.id = function_id
-        try:
-            handler = getattr(module, spec.handler_function)
-            started = time.monotonic()
-            result = handler(event, self.context(function_id))
-            elapsed = time.monotonic() - started
-            if elapsed > spec.timeout:
-                print(
-                    f"local api: {function_id} took {elapsed:.1f}s, over its {spec.timeout}s"
-                    " Timeout; Lambda would have stopped it",
-                    file=sys.stderr,
-                )
-            return result
-        finally:
-            running_function.id = outer
-            self.release(function_id, module)
-
-    def preload(self, function_ids: Iterable[str] | None = None) -> dict[str, str]:
-        """Import each function once (a cold start up front); returns load errors by function."""
-        errors: dict[str, str] = {}
-        for function_id in function_ids or self.template.functions:
-            try:
-                self.release(function_id, self.acquire(function_id))
-            except Exception as error:  # reported, the others still load
-                errors[function_id] = f"{type(error).__name__}: {error}"
-        return errors
+def status_code_name(status: int) -> str:
+    """The error ``code`` for an HTTP status the server answers itself (``414`` -> ``uri_too_long``)."""
+    if status in _STATUS_CODES:
+        return _STATUS_CODES[status]
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "error"
+    return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
 
 
 # ---------------------------------------------------------------- routes and auth
@@ -475,22 +340,6 @@ def lambda_response(result: Any) -> OutgoingResponse:
 # ---------------------------------------------------------------- OpenAPI and Swagger UI
 
 
-def _module_openapi(module: ModuleType) -> dict[str, Any] | None:
-    app = getattr(module, "app", None)
-    if app is None:
-        return None
-    if hasattr(app, "get_openapi_json_schema"):
-        document = json.loads(app.get_openapi_json_schema())
-        return document if isinstance(document, dict) else None
-    if hasattr(app, "get_openapi_schema"):
-        schema = app.get_openapi_schema()
-        if hasattr(schema, "model_dump"):
-            dumped = schema.model_dump(mode="json", by_alias=True, exclude_none=True)
-            return dumped if isinstance(dumped, dict) else None
-        return schema if isinstance(schema, dict) else None
-    return None
-
-
 def merge_openapi(documents: Iterable[Mapping[str, Any]], public_routes: Iterable[HttpRoute] = ()) -> dict[str, Any]:
     """One OpenAPI 3 document from the functions' documents, secured by a bearer JWT.
 
@@ -567,6 +416,8 @@ SWAGGER_PAGE = """<!DOCTYPE html>
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
+    # The listen backlog: socketserver's default of 5 resets connections when many arrive at once.
+    request_queue_size = 1024
     app: LocalServer
 
 
@@ -578,12 +429,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         started = time.monotonic()
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self.send_error(400, "Bad Content-Length")
+        body = self._read_body()
+        if body is None:
             return
-        body = self.rfile.read(length) if length > 0 else b""
         split = urlsplit(self.path)
         request = IncomingRequest(
             method=self.command.upper(),
@@ -608,7 +456,47 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 file=sys.stderr,
             )
 
+    def _read_body(self) -> bytes | None:
+        """The request body (Content-Length or chunked); None after answering 400 for a malformed one."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size_line = self.rfile.readline(1024)
+                try:
+                    size = int(size_line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    self.send_error(400, "Bad chunked body")
+                    return None
+                if size == 0:
+                    while self.rfile.readline(1024).strip():
+                        pass  # trailers
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(1024)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.send_error(400, "Bad Content-Length")
+            return None
+        return self.rfile.read(length) if length > 0 else b""
+
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """What the HTTP layer refuses by itself (400, 414, 431, 501, 505...), in the API's error shape."""
+        phrase = self.responses.get(code, ("Error", ""))[0]
+        body = json.dumps(error_body(status_code_name(code), message or explain or phrase)).encode("utf-8")
+        self.send_response(code, phrase)
+        self.send_header("Connection", "close")
+        with_body = code >= 200 and code not in (204, 304) and self.command != "HEAD"
+        if with_body:
+            self.send_header("Content-Type", JSON_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+        if not self.server.app.quiet:
+            print(f"local api: {self.requestline[:80]!r} -> {code} ({message or phrase})", file=sys.stderr)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the default access log; `_handle` writes a shorter one."""
@@ -628,10 +516,11 @@ class LocalServer:
         jwt_secret: str | None = None,
         local_endpoints: bool = True,
         quiet: bool = False,
+        max_workers: int = DEFAULT_MAX_WORKERS,
     ) -> None:
         self.template = template
         self.resolver = resolver
-        self.functions = FunctionHost(template, resolver)
+        self.functions = FunctionHost(template, resolver, max_workers=max_workers)
         self.routes = RouteTable(template.routes)
         self.targets = local_scheduler.LocalTargets.from_template(template, resolver)
         self.clients = clients
@@ -654,23 +543,31 @@ class LocalServer:
         """``http://127.0.0.1:<port>``."""
         return f"http://{self.host}:{self.port}"
 
-    def start(self, environment: Mapping[str, str] | None = None) -> str:
-        """Apply the functions' environment (then ``environment``) and serve in a thread."""
-        self.functions.apply_environment(environment)
+    def start(
+        self, environment: Mapping[str, str] | None = None, *, worker_environment: Mapping[str, str] | None = None
+    ) -> str:
+        """Fix the functions' environment and serve in a thread.
+
+        Workers get their function's environment, then ``environment``, then ``worker_environment``;
+        this process's os.environ gets the functions' and ``environment`` (see
+        `FunctionHost.apply_environment`). Workers start on demand; `FunctionHost.preload` warms them.
+        """
+        self.functions.apply_environment(environment, worker_only=worker_environment)
         self._thread = threading.Thread(target=self._http.serve_forever, name="local-api", daemon=True)
         self._thread.start()
         return self.url
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving, close the socket and stop every function's workers."""
         if self._thread is not None:
             self._http.shutdown()
             self._thread.join(10)
             self._thread = None
         self._http.server_close()
+        self.functions.stop()
 
     def invoke(self, function_id: str, event: Any) -> Any:
-        """Invoke a template function in-process (what the scheduler uses)."""
+        """Invoke a template function in its worker pool (what the scheduler uses); see `FunctionHost.invoke`."""
         return self.functions.invoke(function_id, event)
 
     # -- request dispatch
@@ -734,12 +631,30 @@ class LocalServer:
         event = http_event(request, route, parameters, claims)
         try:
             result = self.functions.invoke(route.function_id, event)
-        except Exception:  # a raising handler is a bug: say so loudly, answer 500
-            print(f"local api: {route.function_id} raised on {route.route_key}:", file=sys.stderr)
-            traceback.print_exc()
-            message = f"{route.function_id} raised; see the server's stderr"
-            return json_response(500, error_body("internal_error", message))
+        except InvocationError as error:
+            return self._failed(route, error)
         return lambda_response(result)
+
+    @staticmethod
+    def _failed(route: HttpRoute, error: InvocationError) -> OutgoingResponse:
+        """What API Gateway answers when the integration fails, in the error shape; details on stderr."""
+        if isinstance(error, FunctionTimeout):
+            print(f"local api: {route.route_key}: {error}; its worker was stopped", file=sys.stderr)
+            return json_response(504, error_body("function_timeout", str(error)))
+        if isinstance(error, FunctionInitError) or not isinstance(error, FunctionError):
+            print(f"local api: {route.route_key}: {error}", file=sys.stderr)
+            if isinstance(error, FunctionError) and error.stack_trace:
+                print(error.stack_trace, file=sys.stderr)
+            code = "function_init_error" if isinstance(error, FunctionInitError) else "function_crashed"
+            return json_response(502, error_body(code, str(error)))
+        if error.error_type == "Runtime.MarshalError":
+            print(f"local api: {route.function_id} returned what JSON cannot carry: {error}", file=sys.stderr)
+            return json_response(502, error_body("invalid_function_response", str(error)))
+        # A raising handler is a bug: say so loudly, answer 500.
+        print(f"local api: {route.function_id} raised on {route.route_key}:", file=sys.stderr)
+        print(error.stack_trace.rstrip(), file=sys.stderr)
+        message = f"{route.function_id} raised; see the server's stderr"
+        return json_response(500, error_body("internal_error", message))
 
     @staticmethod
     def _header(request: IncomingRequest, name: str) -> str | None:
@@ -756,19 +671,13 @@ class LocalServer:
         unavailable: list[str] = []
         for function_id in dict.fromkeys(route.function_id for route in self.template.routes):
             try:
-                module = self.functions.acquire(function_id)
-            except Exception as error:  # the rest of the document still helps
-                unavailable.append(f"{function_id}: {type(error).__name__}: {error}")
+                document = self.functions.openapi(function_id)
+            except InvocationError as error:  # the rest of the document still helps
+                print(f"local api: {function_id} cannot describe its OpenAPI: {error}", file=sys.stderr)
+                if isinstance(error, FunctionError) and error.stack_trace:
+                    print(error.stack_trace, file=sys.stderr)
+                unavailable.append(str(error))
                 continue
-            try:
-                document = _module_openapi(module)
-            except Exception as error:  # one handler's broken schema must not hide the others'
-                print(f"local api: {function_id} cannot describe its OpenAPI:", file=sys.stderr)
-                traceback.print_exc()
-                unavailable.append(f"{function_id}: {type(error).__name__}: {error}")
-                continue
-            finally:
-                self.functions.release(function_id, module)
             if document is not None:
                 documents.append(document)
         public = [route for route in self.template.routes if not route.requires_auth]

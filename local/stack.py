@@ -1,7 +1,9 @@
 """``make run``: the whole billing system on this machine.
 
 A moto server with the template's resources, the Stripe emulator (unless ``STRIPE_SECRET_KEY``
-names a real test key), the local API server on ``PORT`` (default 3000) and the local scheduler.
+names a real test key), the local API server on ``PORT`` (default 3000), which runs every function in
+worker processes of its own like Lambda execution environments (`local.functions`), and the local
+scheduler.
 ``python -m local.stack`` prints one ``... ready at <url>`` line once the API answers, stays in the
 foreground, and stops cleanly on Ctrl-C or SIGTERM. Tests use `start_stack` in-process.
 """
@@ -21,7 +23,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from local.aws import LocalAws, provision, put_secret, restore_environment, start_moto
+from local.aws import LOCAL_CREDENTIALS, LocalAws, provision, put_secret, restore_environment, start_moto
+from local.iam_audit import AUDIT_VARIABLE
 from local.scheduler import LocalScheduler
 from local.server import LocalServer
 from local.template import Resolver, Template, load_template
@@ -157,12 +160,17 @@ def start_stack(
     scheduler: bool = True,
     preload: bool = True,
     quiet: bool = False,
+    iam_audit: str | Path | None = None,
 ) -> LocalStack:
     """Start the local stack in this process and return once its API answers.
 
     ``port=0`` picks a free port. Pass ``aws`` to share an already running moto server (its
     owner stops it); ``stripe=False`` leaves the Stripe settings alone; ``scheduler=False`` skips
-    the once-a-minute cron thread (``/_local/scheduler/fire`` works either way).
+    the once-a-minute cron thread (``/_local/scheduler/fire`` works either way); ``iam_audit``
+    names a folder where the functions' workers record DynamoDB calls their IAM statements do not
+    allow (`local.iam_audit`). Functions run in worker processes (`local.functions`) whose
+    environment is fixed here: the moto server's endpoint and credentials and the Stripe settings
+    reach them whatever this process's os.environ says later.
     """
     template = load_template(template_path)
     saved: dict[str, str | None] = {}
@@ -193,7 +201,15 @@ def start_stack(
     )
     try:
         overrides = _configure_stripe(stack) if stripe else {}
-        server.start(overrides)
+        worker_environment = {
+            **LOCAL_CREDENTIALS,
+            "AWS_DEFAULT_REGION": aws.region,
+            "AWS_REGION": aws.region,
+            "AWS_ENDPOINT_URL": aws.endpoint,
+        }
+        if iam_audit is not None:
+            worker_environment[AUDIT_VARIABLE] = str(Path(iam_audit).resolve())
+        server.start(overrides, worker_environment=worker_environment)
         if preload:
             for function_id, error in server.functions.preload().items():
                 _log(f"warning: {function_id} cannot be loaded yet ({error})")

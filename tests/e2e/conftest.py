@@ -1,8 +1,12 @@
-"""End-to-end fixtures: a local stack in the test process, and small HTTP clients for it.
+"""End-to-end fixtures: a local stack started by the test process, and small HTTP clients for it.
 
 Each pytest(-xdist) worker starts its own stack on free ports. ``stack`` serves the repository's
 template.yaml (or the fixture template while there is none); ``fixture_stack`` always serves
-tests/e2e/fixtures/template.yaml, sharing the same moto server.
+tests/e2e/fixtures/template.yaml, sharing the same moto server. The functions run in worker
+processes of their own (local/functions.py), so a test cannot monkeypatch a handler from here: use
+``stack.server.functions.patched(...)`` to inject a fault into the workers instead. Every DynamoDB
+call a function makes is checked against its own IAM statements inside its worker; a test after
+which a violation was recorded fails (``iam_audit``).
 """
 
 from __future__ import annotations
@@ -15,11 +19,10 @@ from typing import Any
 import pytest
 import requests
 
-from billing_lambda.aws_clients import client
 from local.stack import LocalStack, start_stack
 from local.template import DEFAULT_TEMPLATE
 from local.token import make_token
-from tests.e2e.iam_audit import IamAudit
+from tests.e2e.iam_audit import IamAuditLog
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_TEMPLATE = FIXTURES / "template.yaml"
@@ -67,53 +70,64 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[LocalStack]:
+def iam_audit(tmp_path_factory: pytest.TempPathFactory) -> IamAuditLog:
+    """Where the main stack's workers record DynamoDB calls their function's IAM statements do not allow."""
+    return IamAuditLog(tmp_path_factory.mktemp("iam-audit"))
+
+
+@pytest.fixture(scope="session")
+def stack(iam_audit: IamAuditLog) -> Iterator[LocalStack]:
     """The local stack for template.yaml, started once per test process.
 
     Without the once-a-minute cron thread: tests make the night happen with /_local/scheduler/fire,
     and a schedule firing on the wall clock in the middle of a test would make it flaky.
     """
     template = DEFAULT_TEMPLATE if DEFAULT_TEMPLATE.exists() else FIXTURE_TEMPLATE
-    running = start_stack(port=0, template_path=template, scheduler=False, quiet=True)
+    running = start_stack(port=0, template_path=template, scheduler=False, quiet=True, iam_audit=iam_audit.folder)
     yield running
     running.stop()
 
 
-@pytest.fixture(scope="session")
-def iam_audit(stack: LocalStack) -> IamAudit:
-    """Watches the handlers' DynamoDB client (shared by all functions of the process) for calls that the
-    calling function's IAM statements in template.yaml would not allow."""
-    table = stack.resolver.physical_name("BillingTable")
-    audit = IamAudit.from_template(stack.template, "BillingTable", table)
-    stack.resume_environment()
-    client("dynamodb").meta.events.register(
-        "before-parameter-build.dynamodb", lambda model, params, **_: audit.check_call(model.name, params)
-    )
-    return audit
-
-
 @pytest.fixture(autouse=True)
-def stack_environment(stack: LocalStack, iam_audit: IamAudit) -> Iterator[None]:
-    """The stack's environment (AWS_ENDPOINT_URL, table names...) only while an end-to-end test runs.
+def stack_environment(stack: LocalStack, iam_audit: IamAuditLog) -> Iterator[None]:
+    """The stack's environment (AWS_ENDPOINT_URL, table names...) in this process only while an end-to-end
+    test runs, and no IAM violation by the functions during the test.
 
     Tests elsewhere in the same worker process (moto's mock_aws in integration tests) must not send
-    their AWS calls to this stack's moto server.
+    their AWS calls to this stack's moto server. The functions' workers do not depend on this: their
+    environment was fixed when the stack started.
     """
+    before = iam_audit.snapshot()
     stack.resume_environment()
-    already = len(iam_audit.violations)
     yield
     stack.suspend_environment()
-    assert iam_audit.violations[already:] == [], "template.yaml does not allow what the functions call"
+    assert iam_audit.since(before) == [], "template.yaml does not allow what the functions call"
 
 
 @pytest.fixture(scope="session")
-def fixture_stack(stack: LocalStack) -> Iterator[LocalStack]:
+def fixture_iam_audit(
+    tmp_path_factory: pytest.TempPathFactory, iam_audit: IamAuditLog, stack: LocalStack
+) -> IamAuditLog:
+    """The fixture stack's audit folder (its functions break their IAM statements on purpose)."""
+    if stack.template.path == FIXTURE_TEMPLATE:
+        return iam_audit
+    return IamAuditLog(tmp_path_factory.mktemp("fixture-iam-audit"))
+
+
+@pytest.fixture(scope="session")
+def fixture_stack(stack: LocalStack, fixture_iam_audit: IamAuditLog) -> Iterator[LocalStack]:
     """A second API serving the fixture template (fixture handlers), on the same moto server."""
     if stack.template.path == FIXTURE_TEMPLATE:
         yield stack
         return
     running = start_stack(
-        port=0, template_path=FIXTURE_TEMPLATE, aws=stack.aws, stripe=False, scheduler=False, quiet=True
+        port=0,
+        template_path=FIXTURE_TEMPLATE,
+        aws=stack.aws,
+        stripe=False,
+        scheduler=False,
+        quiet=True,
+        iam_audit=fixture_iam_audit.folder,
     )
     yield running
     running.stop()

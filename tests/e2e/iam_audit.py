@@ -1,79 +1,45 @@
-"""Checks, while the end-to-end tests run, that every DynamoDB call a function makes on the billing table is
-allowed by that function's own IAM statements in template.yaml (an AccessDenied in AWS is a bug found late)."""
+"""The end-to-end tests' view of the IAM audit: what the functions' workers recorded, test by test.
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+The rules and the checking live in `local.iam_audit` and run inside the worker processes (the
+handlers no longer run in the test process): a stack started with ``iam_audit=<folder>`` has every
+DynamoDB call its functions make checked against the calling function's own IAM statements in the
+template, and each call they do not allow appended to a file in that folder. `IamAuditLog` reads
+them back so a test can assert that it caused none (conftest.py does, for every end-to-end test).
+"""
 
-from local.server import running_function
-from local.template import Template
+from __future__ import annotations
 
-_TRANSACT_ACTIONS = {
-    "Put": "PutItem",
-    "Update": "UpdateItem",
-    "Delete": "DeleteItem",
-    "ConditionCheck": "ConditionCheckItem",
-}
+from dataclasses import dataclass
+from pathlib import Path
 
+from local.iam_audit import read_violations
 
-def _actions(statement: dict[str, Any]) -> set[str]:
-    actions = statement.get("Action", [])
-    return {a.removeprefix("dynamodb:") for a in ([actions] if isinstance(actions, str) else actions)}
+Snapshot = dict[str, int]
+"""How many violations each file held at some moment."""
 
 
-def _resources(statement: dict[str, Any]) -> Iterator[str]:
-    resources = statement.get("Resource", [])
-    for resource in resources if isinstance(resources, list) else [resources]:
-        yield repr(resource)  # intrinsics stay as they are: only which table and whether an index matter
+@dataclass(frozen=True)
+class IamAuditLog:
+    """The violations recorded in one stack's audit folder."""
 
+    folder: Path
 
-@dataclass
-class IamAudit:
-    """Allowed actions per function on the table and on its indexes, and the calls that broke them."""
+    def snapshot(self) -> Snapshot:
+        """The current position, to compare with later (`since`)."""
+        return {name: len(messages) for name, messages in read_violations(self.folder).items()}
 
-    table_name: str
-    table_logical_id: str
-    on_table: dict[str, set[str]] = field(default_factory=dict)
-    on_indexes: dict[str, set[str]] = field(default_factory=dict)
-    violations: list[str] = field(default_factory=list)
+    def since(self, snapshot: Snapshot) -> list[str]:
+        """Violations recorded after ``snapshot`` was taken."""
+        found: list[str] = []
+        for name, messages in read_violations(self.folder).items():
+            found.extend(messages[snapshot.get(name, 0) :])
+        return found
 
-    @classmethod
-    def from_template(cls, template: Template, table_logical_id: str, table_name: str) -> "IamAudit":
-        audit = cls(table_name, table_logical_id)
-        for function_id in template.functions:
-            properties = template.resources[function_id].get("Properties", {})
-            table, indexes = set(), set()
-            for policy in properties.get("Policies", []):
-                for statement in policy.get("Statement", []) if isinstance(policy, dict) else []:
-                    if statement.get("Effect") != "Allow":
-                        continue
-                    for resource in _resources(statement):
-                        if table_logical_id not in resource:
-                            continue
-                        (indexes if "/index/" in resource else table).update(_actions(statement))
-            audit.on_table[function_id], audit.on_indexes[function_id] = table, indexes
-        return audit
+    def all(self) -> list[str]:
+        """Every violation recorded so far."""
+        return self.since({})
 
-    def check_call(self, operation: str, params: dict[str, Any]) -> None:
-        function_id = getattr(running_function, "id", None)
-        if function_id is None:
-            return  # the tests' own calls, not a function's
-        for action, table, on_index in self._needed(operation, params):
-            if table != self.table_name:
-                continue
-            allowed = (self.on_indexes if on_index else self.on_table).get(function_id, set())
-            if action not in allowed:
-                target = f"an index of {table}" if on_index else table
-                self.violations.append(f"{function_id} calls dynamodb:{action} on {target} without permission")
-
-    @staticmethod
-    def _needed(operation: str, params: dict[str, Any]) -> Iterator[tuple[str, str, bool]]:
-        if operation == "TransactWriteItems":
-            for item in params.get("TransactItems", []):
-                for kind, body in item.items():
-                    yield _TRANSACT_ACTIONS[kind], body.get("TableName", ""), False
-        elif operation in ("BatchGetItem", "BatchWriteItem"):
-            for table in params.get("RequestItems", {}):
-                yield operation, table, False
-        else:
-            yield operation, params.get("TableName", ""), "IndexName" in params
+    def forget(self, function_id: str) -> None:
+        """Remove what ``function_id``'s workers recorded (tests that cause violations on purpose)."""
+        for path in self.folder.glob(f"{function_id}.*.jsonl"):
+            path.unlink()
