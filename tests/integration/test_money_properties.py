@@ -12,31 +12,36 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from billing.errors import Conflict
+from billing.cards import CardRequest, add_card
+from billing.errors import Conflict, PaymentDeclined, ProcessorUnavailable
+from billing.invoice_service import create_invoice, void_invoice
 from billing.invoices import InvoiceRequest
-from billing.invoicing import create_invoice, void_invoice
-from billing.paying import refund_payment, take_payment
-from billing.payments import PaymentMethod, PaymentRequest, PaymentStatus
+from billing.payment_service import resolve_payment, take_payment
+from billing.payments import PaymentMethod, PaymentRequest, PaymentStatus, RefundStatus
+from billing.reconciliation import reconcile_charge, reconcile_refunds
+from billing.refund_service import refund_payment
 from billing_aws.store import BillingStore
+from tests.fakes.gateway import FakeGateway
 from tests.integration.conftest import Books, open_books
 
-
-class NoGateway:
-    """Recorded payments (cash, check) never reach a card processor."""
-
-    def __getattr__(self, name: str) -> object:
-        raise AssertionError(f"recorded payments must not call the gateway ({name})")
+_FAULTS = st.sampled_from([None, None, None, "processing", "timeout_after_success", "server_error", "key_in_use"])
 
 
 class Ledger(RuleBasedStateMachine):
+    """Staff, the processor and its webhooks acting in any order, some of it twice."""
+
     store: BillingStore
 
     @initialize()
     def open(self) -> None:
         self.books: Books = open_books(self.store, creation="manual")
+        self.gateway = FakeGateway()
         self.client_id = self.books.client()
+        card = CardRequest(payment_method_id="pm_card_visa")
+        add_card(self.store, self.gateway, self.books.clock, self.books.practice_id, self.client_id, card)
         self.appointments: list[str] = []
         self.payments: list[str] = []
+        self.keys: dict[str, PaymentRequest] = {}
         self.day = 0
 
     @rule(fee=st.integers(min_value=0, max_value=50_000), status=st.sampled_from(["show", "no_show", "late_cancel"]))
@@ -58,36 +63,106 @@ class Ledger(RuleBasedStateMachine):
     @rule(data=st.data())
     def void_one(self, data: st.DataObject) -> None:
         invoice = data.draw(st.sampled_from(self._live_invoices()))
-        void_invoice(self.store, self.books.clock, self.books.practice_id, invoice.invoice_id)
+        practice_id = self.books.practice_id
 
-    @rule(amount=st.integers(min_value=1, max_value=60_000), name_one=st.booleans(), data=st.data())
-    def pay(self, amount: int, name_one: bool, data: st.DataObject) -> None:
+        def resolve(payment_id: str) -> object:
+            return resolve_payment(self.store, self.gateway, self.books.clock, practice_id, payment_id)
+
+        with contextlib.suppress(Conflict):  # refused while a charge is still processing
+            void_invoice(self.store, self.books.clock, practice_id, invoice.invoice_id, resolve)
+
+    @rule(
+        amount=st.integers(min_value=1, max_value=60_000),
+        name_one=st.booleans(),
+        by_card=st.booleans(),
+        fault=_FAULTS,
+        data=st.data(),
+    )
+    def pay(self, amount: int, name_one: bool, by_card: bool, fault: str | None, data: st.DataObject) -> None:
         unpaid = [i.invoice_id for i in self._live_invoices() if i.balance_cents > 0]
         named = [data.draw(st.sampled_from(unpaid))] if name_one and unpaid else None
-        request = PaymentRequest(
-            client_id=self.client_id, amount_cents=amount, method=PaymentMethod.CASH, invoice_ids=named
-        )
-        payment = take_payment(
-            self.store,
-            NoGateway(),
-            self.books.clock,
-            self.books.practice,
-            request,
-            f"key-{uuid.uuid4().hex}",  # type: ignore[arg-type]
-        )
-        self.payments.append(payment.payment_id)
+        method = PaymentMethod.CARD_ON_FILE if by_card else PaymentMethod.CASH
+        request = PaymentRequest(client_id=self.client_id, amount_cents=amount, method=method, invoice_ids=named)
+        if by_card and fault:
+            self.gateway.queue_fault("charge", fault)
+        key = f"key-{uuid.uuid4().hex}"
+        self.keys[key] = request
+        self._send(key, request)
+
+    @precondition(lambda self: self.keys)
+    @rule(data=st.data())
+    def retry_a_payment(self, data: st.DataObject) -> None:
+        key = data.draw(st.sampled_from(sorted(self.keys)))
+        self._send(key, self.keys[key])
+
+    def _send(self, key: str, request: PaymentRequest) -> None:
+        with contextlib.suppress(Conflict, PaymentDeclined, ProcessorUnavailable):
+            payment = take_payment(self.store, self.gateway, self.books.clock, self.books.practice, request, key)
+            self.payments.append(payment.payment_id)
 
     @precondition(lambda self: self.payments)
-    @rule(data=st.data(), everything=st.booleans())
-    def refund(self, data: st.DataObject, everything: bool) -> None:
+    @rule(data=st.data(), everything=st.booleans(), pending=st.booleans())
+    def refund(self, data: st.DataObject, everything: bool, pending: bool) -> None:
         payment_id = data.draw(st.sampled_from(self.payments))
         payment = self.store.get_payment(self.books.practice_id, payment_id)
         assert payment is not None
         amount = None if everything else data.draw(st.integers(min_value=1, max_value=payment.amount_cents + 10))
+        if pending:
+            self.gateway.queue_fault("refund", "refund_pending")
         try:
-            refund_payment(self.store, NoGateway(), self.books.clock, self.books.practice_id, payment_id, amount, None)  # type: ignore[arg-type]
+            refund_payment(
+                self.store, self.gateway, self.books.clock, self.books.practice_id, payment_id, amount, uuid.uuid4().hex
+            )
         except Conflict:
             assert (amount is None and payment.refundable_cents == 0) or (amount or 0) > payment.refundable_cents
+
+    @rule(succeeded=st.booleans())
+    def processor_finishes_what_was_pending(self, succeeded: bool) -> None:
+        for charge in self.gateway.charges:
+            if charge.status == "processing":
+                self.gateway.settle_processing(charge.id, succeeded=succeeded)
+        self.gateway.settle_refunds()
+
+    @precondition(lambda self: self._card_payments())
+    @rule(data=st.data(), twice=st.booleans())
+    def a_webhook_arrives(self, data: st.DataObject, twice: bool) -> None:
+        payment = data.draw(st.sampled_from(self._card_payments()))
+        for _ in range(2 if twice else 1):
+            self._deliver(payment)
+
+    def _deliver(self, payment) -> None:  # type: ignore[no-untyped-def]
+        pid, intent = self.books.practice_id, payment.processor_payment_id
+        reconcile_charge(self.store, pid, payment.payment_id, self.gateway.retrieve_payment_intent(intent))
+        reconcile_refunds(self.store, self.gateway, self.books.clock, pid, payment.payment_id, intent)
+
+    def _card_payments(self):  # type: ignore[no-untyped-def]
+        payments = self.store.payments_by_id(self.books.practice_id, self.payments)
+        return [p for p in payments if p.processor_payment_id]
+
+    @invariant()
+    def charged_at_the_processor_is_what_is_recorded(self) -> None:
+        if not hasattr(self, "books"):
+            return
+        for payment in self._card_payments():  # webhooks not delivered yet: bring everything in first
+            self._deliver(payment)
+        recorded = self.store.payments_by_id(
+            self.books.practice_id,
+            [p.payment_id for p in self.store.payments_of(self.books.practice_id, self.client_id)],
+        )
+        by_card = [p for p in recorded if p.method is PaymentMethod.CARD_ON_FILE]
+        charged = [c for c in self.gateway.charges if c.status == "succeeded"]
+        assert sorted(c.amount_cents for c in charged) == sorted(
+            p.amount_cents for p in by_card if p.status is PaymentStatus.SUCCEEDED
+        )
+        assert len({c.metadata.get("payment_id") for c in charged}) == len(charged)  # one charge per payment
+        refunds = self.store.refunds_of(self.books.practice_id, self.client_id)
+        assert self.gateway.refunded_cents() == sum(
+            r.amount_cents for r in refunds if r.status is RefundStatus.SUCCEEDED and self._is_card(r.payment_id)
+        )
+
+    def _is_card(self, payment_id: str) -> bool:
+        payment = self.store.get_payment(self.books.practice_id, payment_id)
+        return payment is not None and payment.method is PaymentMethod.CARD_ON_FILE
 
     def _invoices(self):
         return self.store.invoices_of(self.books.practice_id, self.client_id)
@@ -146,8 +221,8 @@ class Ledger(RuleBasedStateMachine):
 def test_invoices_payments_refunds_and_voids_keep_the_books_straight(store: BillingStore) -> None:
     Ledger.store = store
     Ledger.TestCase.settings = settings(
-        max_examples=20,
-        stateful_step_count=14,
+        max_examples=25,
+        stateful_step_count=16,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )

@@ -25,6 +25,7 @@ ACCOUNT_FIELDS = ("invoiced_cents", "paid_cents", "refunded_cents", "unallocated
 # transactions that move money keep them exact and a use case reads them consistently (no index lag).
 OPEN_INVOICES = "open_invoices"
 CREDIT_PAYMENTS = "credit_payments"
+CARDS = "cards"
 # What a practice item's settings are: exactly these fields are written by save_practice, nothing else
 # (the invoice counter beside them is moved only by the transaction that issues an invoice).
 _PRACTICE_FIELDS = (*PracticeSettings.model_fields, "practice_id", "created_at", "updated_at")
@@ -112,7 +113,9 @@ class BillingStore:
         values = record_attributes(client, skip=frozenset({"processor_customer_id"})) | keys.key(
             practice_id, keys.client_sk(client.client_id)
         )
-        values |= {"kind": "client", OPEN_INVOICES: {}, CREDIT_PAYMENTS: {}} | {name: 0 for name in ACCOUNT_FIELDS}
+        values |= {"kind": "client", OPEN_INVOICES: {}, CREDIT_PAYMENTS: {}, CARDS: {}} | {
+            name: 0 for name in ACCOUNT_FIELDS
+        }
         self._db.put_item(
             TableName=self._table, Item=to_attributes(values), ConditionExpression="attribute_not_exists(PK)"
         )
@@ -424,7 +427,11 @@ class BillingStore:
 
     # -- cards -------------------------------------------------------------------------------------
     def cards_of(self, practice_id: str, client_id: str) -> list[Card]:
-        return [Card.model_validate(found) for found in self._timeline(practice_id, client_id, keys.CARD_GSI2_PREFIX)]
+        """The client's cards, oldest first, read consistently (a card added a moment ago is there)."""
+        found = self._get(practice_id, keys.client_sk(client_id)) or {}
+        sort_keys = [keys.card_sk(card_id) for card_id in sorted(found.get(CARDS) or {})]
+        cards = [Card.model_validate(item) for item in self._batch_get(practice_id, sort_keys)]
+        return sorted(cards, key=lambda card: (card.created_at, card.card_id))
 
     def set_processor_customer(self, practice_id: str, client_id: str, customer_id: str) -> None:
         self._db.update_item(
@@ -435,6 +442,19 @@ class BillingStore:
             ExpressionAttributeValues={":customer": to_value(customer_id)},
         )
 
+    def _card_entry(self, practice_id: str, card: Card, present: bool) -> dict[str, Any]:
+        """Add or take the card from the client's ``cards`` map (the consistent list of its cards)."""
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": to_attributes(keys.key(practice_id, keys.client_sk(card.client_id))),
+                "UpdateExpression": "SET #cards.#card = :yes" if present else "REMOVE #cards.#card",
+                "ConditionExpression": "attribute_exists(PK)",
+                "ExpressionAttributeNames": {"#cards": CARDS, "#card": card.card_id},
+                **({"ExpressionAttributeValues": {":yes": {"BOOL": True}}} if present else {}),
+            }
+        }
+
     def add_card(self, practice_id: str, card: Card) -> None:
         values = record_attributes(card) | keys.key(practice_id, keys.card_sk(card.card_id))
         values |= {
@@ -442,9 +462,7 @@ class BillingStore:
             "GSI2PK": keys.client_gsi2pk(practice_id, card.client_id),
             "GSI2SK": keys.timeline_gsi2sk(keys.CARD_GSI2_PREFIX, values["created_at"], card.card_id),
         }
-        self._db.put_item(
-            TableName=self._table, Item=to_attributes(values), ConditionExpression="attribute_not_exists(PK)"
-        )
+        self._transact([self._new_put(values), self._card_entry(practice_id, card, present=True)])
 
     def remove_card(self, practice_id: str, card: Card, new_default: Card | None) -> None:
         actions: list[dict[str, Any]] = [
@@ -454,7 +472,8 @@ class BillingStore:
                     "Key": to_attributes(keys.key(practice_id, keys.card_sk(card.card_id))),
                     "ConditionExpression": "attribute_exists(PK)",
                 }
-            }
+            },
+            self._card_entry(practice_id, card, present=False),
         ]
         if new_default is not None:
             actions.append(
