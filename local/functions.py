@@ -42,7 +42,7 @@ import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import send_handle
 from pathlib import Path
@@ -157,6 +157,25 @@ class _Worker:
         # A pidfd names this very process even after it exits: no signal can hit a recycled pid.
         self.pidfd = _pidfd(pid) if process is None else None
         self.dead = False
+        self.lock = threading.Lock()  # zygotes: one fork request at a time
+
+    def alive(self) -> bool:
+        """The process has not exited (as far as can be told)."""
+        if self.process is not None:
+            return self.process.poll() is None
+        if self.pidfd is not None:
+            readable, _, _ = select.select([self.pidfd], [], [], 0)
+            return not readable
+        return not self.dead
+
+    def stop(self, timeout: float) -> None:
+        """Close the connection, give the process ``timeout`` to finish, then kill it."""
+        self.retire()
+        if not self.wait(timeout):
+            self.dead = False
+            self.kill()
+            self.wait(1.0)
+        self.release_resources()
 
     def usable(self) -> bool:
         """An idle worker that has not died (an idle worker never writes, so anything readable is EOF)."""
@@ -253,12 +272,104 @@ def _launch(environment: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], Co
     return process, connection
 
 
-def _stop_process(process: subprocess.Popen[bytes], timeout: float) -> None:
+def _boot(environment: Mapping[str, str], config: dict[str, Any]) -> tuple[_Worker, dict[str, Any]]:
+    """Launch a process, hand it ``config`` and wait for its cold start: the process and its ``ready``.
+
+    Raises `FunctionInitError` (with the process's own traceback when it reported one).
+    """
+    process, connection = _launch(environment)
+    worker = _Worker(connection, process.pid, 0, process=process)
+    return worker, _await_ready(worker, str(config.get("function_id", "the shared base process")), config)
+
+
+def _await_ready(worker: _Worker, function_id: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Send ``config`` (when given), then wait for the process's ``ready``; kill it on failure."""
     try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        if config is not None:
+            worker.connection.send_bytes(json.dumps(config).encode("utf-8"))
+        ready = _answer(worker.connection, INIT_TIMEOUT_SECONDS)
+    except TimeoutError:
+        worker.kill()
+        message = f"{function_id} did not load within {INIT_TIMEOUT_SECONDS:g} s"
+        raise FunctionInitError(function_id, "Runtime.InitTimeout", message, "") from None
+    except (EOFError, OSError, ValueError) as error:
+        worker.kill()
+        message = f"the process exited while loading ({error or type(error).__name__})"
+        raise FunctionInitError(function_id, "Runtime.ExitError", message, "") from error
+    if not ready.get("ok"):
+        worker.stop(5.0)
+        raise FunctionInitError(function_id, ready["errorType"], ready["errorMessage"], ready.get("stackTrace", ""))
+    return dict(ready)
+
+
+def _fork_from(parent: _Worker, request: dict[str, Any], function_id: str) -> _Worker:
+    """Ask a base or zygote process to fork; the child is connected through a new socket."""
+    connection, theirs = _socketpair()
+    try:
+        with parent.lock:
+            parent.connection.send_bytes(json.dumps(request).encode("utf-8"))
+            send_handle(parent.connection, theirs.fileno(), parent.pid)
+            answer = _answer(parent.connection, INIT_TIMEOUT_SECONDS)
+    except (EOFError, OSError, TimeoutError, ValueError) as error:
+        connection.close()
+        parent.kill()
+        raise WorkerCrashed(function_id, f"{function_id}: cannot start a process ({error})") from error
+    finally:
+        theirs.close()
+    if not answer.get("ok"):
+        connection.close()
+        raise WorkerCrashed(function_id, f"{function_id}: cannot fork: {answer.get('errorMessage')}")
+    return _Worker(connection, int(answer["pid"]), 0)
+
+
+# ---------------------------------------------------------------- the shared base (fork mode)
+
+# Imported once by the base process that forks every function's zygote (fork mode): the libraries the
+# handlers share. A module here must not read the environment when imported (the function's own
+# environment is set after the fork). One that is not installed is skipped.
+PRELOAD_MODULES = (
+    "boto3",
+    "botocore.session",
+    "pydantic",
+    "aws_lambda_powertools",
+    "aws_lambda_powertools.event_handler",
+    "aws_lambda_powertools.utilities.batch",
+    "aws_lambda_powertools.utilities.idempotency",
+    "aws_lambda_powertools.utilities.parser",
+    "aws_lambda_powertools.utilities.typing",
+    "aws_xray_sdk.core",
+    "stripe",
+    "yaml",
+)
+
+_base_lock = threading.Lock()
+_base_process: _Worker | None = None
+_base_users: set[int] = set()
+
+
+def _shared_base(host: FunctionHost) -> _Worker | None:
+    """The running base process, started on first use; None when it cannot be used."""
+    global _base_process
+    with _base_lock:
+        _base_users.add(id(host))
+        if _base_process is not None and _base_process.alive():
+            return _base_process
+        config = {"mode": "base", "sys_path": _worker_sys_path([]), "preload": list(PRELOAD_MODULES)}
+        try:
+            base, ready = _boot(host.base_environment(), config)
+        except FunctionInitError as error:
+            print(f"local functions: no shared base process ({error}); each function loads on its own", file=sys.stderr)
+            return None
+        if int(ready.get("threads", 1)) > 1:
+            base.stop(5.0)  # forking a process with threads can deadlock the copy
+            return None
+        _base_process = base
+        return base
+
+
+def _worker_sys_path(front: list[str]) -> list[str]:
+    rest = [str(Path(entry).resolve()) for entry in sys.path if entry]
+    return list(dict.fromkeys([*front, *rest]))
 
 
 # ---------------------------------------------------------------- a pool per function
@@ -276,15 +387,8 @@ class Patch:
         return {"target": self.target, "factory": self.factory, "arguments": list(self.arguments)}
 
 
-@dataclass
-class _Zygote:
-    process: subprocess.Popen[bytes]
-    connection: Connection
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 class _Pool:
-    """The workers of one function: idle ones, a count of all, and (fork mode) the zygote."""
+    """The workers of one function: idle ones, busy ones, and (fork mode) the zygote they come from."""
 
     def __init__(self, host: FunctionHost, function_id: str) -> None:
         self.host = host
@@ -297,9 +401,8 @@ class _Pool:
         self.generation = 0
         self.closed = False
         self.fork = host.start_method == "fork"
-        self._zygote: _Zygote | None = None
+        self._zygote: _Worker | None = None
         self._zygote_lock = threading.Lock()
-        self.pids_started: list[int] = []
 
     # -- taking and giving back
 
@@ -307,8 +410,7 @@ class _Pool:
         """An idle warm worker, a new one when all are busy, or the first to free up at the cap."""
         with self.condition:
             while True:
-                if self.closed:
-                    raise InvocationError(self.function_id, f"{self.function_id}: the local host is stopped")
+                self._check_open()
                 while self.idle:
                     worker = self.idle.pop()
                     if worker.generation == self.generation and worker.usable():
@@ -330,7 +432,8 @@ class _Pool:
             self.starting -= 1
             if self.closed:
                 worker.kill()
-                raise InvocationError(self.function_id, f"{self.function_id}: the local host is stopped")
+                self.condition.notify()
+                self._check_open()
             self.busy.add(worker)
         return worker
 
@@ -349,145 +452,92 @@ class _Pool:
         with self.condition:
             return len(self.idle) + len(self.busy) + self.starting
 
-    # -- starting workers
+    def _check_open(self) -> None:
+        if self.closed:
+            raise InvocationError(self.function_id, f"{self.function_id}: the local host is stopped")
 
-    def _start_worker(self) -> _Worker:
-        generation = self.generation
-        if self.fork:
-            zygote = self.zygote()
-            if zygote is not None:
-                return self._fork(zygote, generation)
-        return self._spawn(generation)
+    # -- starting workers
 
     def config(self, mode: str) -> dict[str, Any]:
         """What a worker (``single``) or a zygote needs to load the handler."""
         spec = self.spec
         environment = self.host.function_environment(self.function_id)
-        front = [str(spec.code_dir), *(str(path) for path in self.host.layer_dirs())]
-        rest = [str(Path(entry).resolve()) for entry in sys.path if entry]
+        audit = iam_audit.worker_config(self.host.template, self.host.resolver, self.function_id, environment)
         return {
             "mode": mode,
             "function_id": self.function_id,
             "handler_module": spec.handler_module,
             "handler_function": spec.handler_function,
             "code_dir": str(spec.code_dir),
-            "sys_path": list(dict.fromkeys([*front, *rest])),
+            "sys_path": _worker_sys_path([str(spec.code_dir), *(str(path) for path in self.host.layer_dirs())]),
             "timeout": spec.timeout,
             "memory_size": spec.memory_size,
             "function_arn": self.host.resolver.function_arn(self.function_id),
-            "iam_audit": iam_audit.worker_config(self.host.template, self.host.resolver, self.function_id, environment),
+            "iam_audit": audit,
             "patches": [patch.as_message() for patch in self.host.patches],
         }
 
-    def _boot(self, mode: str) -> tuple[subprocess.Popen[bytes], Connection, dict[str, Any]]:
-        """Launch a process, hand it the configuration and wait for its cold start to finish."""
+    def _start_worker(self) -> _Worker:
         if not self.spec.handler_file.is_file():
-            raise FunctionInitError(
-                self.function_id,
-                "Runtime.ImportModuleError",
-                f"handler file {self.spec.handler_file} does not exist",
-                "",
-            )
-        process, connection = _launch(self.host.function_environment(self.function_id))
-        try:
-            connection.send_bytes(json.dumps(self.config(mode)).encode("utf-8"))
-            try:
-                ready = _answer(connection, INIT_TIMEOUT_SECONDS)
-            except TimeoutError:
-                raise TimeoutError(f"{self.function_id} did not load within {INIT_TIMEOUT_SECONDS:g} s") from None
-        except (EOFError, OSError, TimeoutError, ValueError) as error:
-            connection.close()
-            process.kill()
-            process.wait()
-            raise FunctionInitError(self.function_id, "Runtime.ExitError", str(error) or "exited", "") from error
-        if not ready.get("ok"):
-            connection.close()
-            _stop_process(process, 5)
-            raise FunctionInitError(
-                self.function_id, ready["errorType"], ready["errorMessage"], ready.get("stackTrace", "")
-            )
-        return process, connection, ready
+            message = f"handler file {self.spec.handler_file} does not exist"
+            raise FunctionInitError(self.function_id, "Runtime.ImportModuleError", message, "")
+        generation = self.generation
+        zygote = self.zygote() if self.fork else None
+        if zygote is not None:
+            request = {"op": "fork", "patches": [p.as_message() for p in self.host.patches]}
+            worker = _fork_from(zygote, request, self.function_id)
+        else:
+            worker, _ = _boot(self.host.function_environment(self.function_id), self.config("single"))
+        worker.generation = generation
+        self.host.note_started(self.function_id, worker.pid)
+        return worker
 
-    def _spawn(self, generation: int) -> _Worker:
-        process, connection, _ = self._boot("single")
-        self.host.note_started(self.function_id, process.pid)
-        return _Worker(connection, process.pid, generation, process=process)
-
-    def zygote(self) -> _Zygote | None:
-        """The running zygote (started, the cold start, on first use); None when forking is off."""
+    def zygote(self) -> _Worker | None:
+        """The function's zygote, started (its cold start) on first use; None when forking is off."""
         with self._zygote_lock:
-            zygote = self._zygote
-            if zygote is not None and zygote.process.poll() is None:
-                return zygote
-            if self.closed:
-                raise InvocationError(self.function_id, f"{self.function_id}: the local host is stopped")
-            process, connection, ready = self._boot("zygote")
+            if self._zygote is not None and self._zygote.alive():
+                return self._zygote
+            self._check_open()
+            base = _shared_base(self.host)
+            if base is not None:
+                request = {
+                    "op": "zygote",
+                    "config": self.config("zygote"),
+                    "environment": self.host.function_environment(self.function_id),
+                }
+                zygote = _fork_from(base, request, self.function_id)
+                ready = _await_ready(zygote, self.function_id)
+            else:
+                zygote, ready = _boot(self.host.function_environment(self.function_id), self.config("zygote"))
             if int(ready.get("threads", 1)) > 1:
                 # Forking a process with threads can deadlock the copy: cold-start every worker instead.
                 print(
                     f"local functions: {self.function_id} starts threads when it loads; not forking its workers",
                     file=sys.stderr,
                 )
-                connection.close()
-                _stop_process(process, 5)
+                zygote.stop(5.0)
                 self.fork = False
                 return None
-            self._zygote = _Zygote(process, connection)
-            return self._zygote
-
-    def _fork(self, zygote: _Zygote, generation: int) -> _Worker:
-        connection, theirs = _socketpair()
-        request = json.dumps({"op": "fork", "patches": [p.as_message() for p in self.host.patches]}).encode()
-        try:
-            with zygote.lock:
-                zygote.connection.send_bytes(request)
-                send_handle(zygote.connection, theirs.fileno(), zygote.process.pid)
-                answer = _answer(zygote.connection, INIT_TIMEOUT_SECONDS)
-        except (EOFError, OSError, TimeoutError, ValueError) as error:
-            connection.close()
-            self._drop_zygote(zygote)
-            raise WorkerCrashed(self.function_id, f"{self.function_id}: cannot start a worker ({error})") from error
-        finally:
-            theirs.close()
-        if not answer.get("ok"):
-            connection.close()
-            raise WorkerCrashed(self.function_id, f"{self.function_id}: cannot fork a worker: {answer}")
-        pid = int(answer["pid"])
-        self.host.note_started(self.function_id, pid)
-        return _Worker(connection, pid, generation)
-
-    def _drop_zygote(self, zygote: _Zygote) -> None:
-        with self._zygote_lock:
-            if self._zygote is zygote:
-                self._zygote = None
-        zygote.connection.close()
-        _stop_process(zygote.process, 5)
+            self._zygote = zygote
+            return zygote
 
     # -- recycling and stopping
 
-    def recycle(self) -> None:
-        """Retire idle workers now, busy ones when they finish, and the zygote: the next event cold-starts."""
+    def recycle(self, zygote_too: bool = True) -> None:
+        """Retire idle workers now and busy ones when they finish (and the zygote): the next event starts cold."""
         with self.condition:
             self.generation += 1
             idle, self.idle = self.idle, []
         for worker in idle:
             worker.retire()
-        with self._zygote_lock:
-            zygote, self._zygote = self._zygote, None
-        if zygote is not None:
-            zygote.connection.close()
-            _stop_process(zygote.process, 5)
+        if zygote_too:
+            with self._zygote_lock:
+                zygote, self._zygote = self._zygote, None
+            if zygote is not None:
+                zygote.stop(5.0)
 
-    def bump_generation(self) -> None:
-        """Retire every current worker (idle now, busy when done); the zygote stays (fork requests carry patches)."""
-        with self.condition:
-            self.generation += 1
-            idle, self.idle = self.idle, []
-        for worker in idle:
-            worker.retire()
-
-    def stop(self, timeout: float) -> list[_Worker]:
-        """Stop taking invocations; close idle workers, kill busy ones; returns them to wait for."""
+    def stop(self) -> list[_Worker]:
+        """Stop taking invocations; close idle workers, kill busy ones; returns every process to wait for."""
         with self.condition:
             self.closed = True
             idle, self.idle = self.idle, []
@@ -500,9 +550,8 @@ class _Pool:
         with self._zygote_lock:
             zygote, self._zygote = self._zygote, None
         if zygote is not None:
-            zygote.connection.close()
-            _stop_process(zygote.process, timeout)
-        return [*idle, *busy]
+            zygote.retire()
+        return [*idle, *busy, *([zygote] if zygote is not None else [])]
 
 
 # ---------------------------------------------------------------- the host
@@ -540,7 +589,7 @@ class FunctionHost:
         self._pools: dict[str, _Pool] = {}
         self._lock = threading.Lock()
         self._started: dict[str, list[int]] = {}
-        self._finalizer = weakref.finalize(self, _stop_pools, self._pools, 5.0)
+        self._finalizer = weakref.finalize(self, _stop_host, id(self), self._pools, 5.0)
 
     # -- environment
 
@@ -578,10 +627,13 @@ class FunctionHost:
             if str(layer_dir) not in sys.path:
                 sys.path.append(str(layer_dir))
 
+    def base_environment(self) -> dict[str, str]:
+        """What every function's workers start from: os.environ when the host started (or now, if not)."""
+        return dict(os.environ) if self._base is None else dict(self._base)
+
     def function_environment(self, function_id: str) -> dict[str, str]:
         """The environment ``function_id``'s workers run with."""
-        base = dict(os.environ) if self._base is None else dict(self._base)
-        return {**base, **self.resolver.function_environment(function_id), **self._overrides}
+        return {**self.base_environment(), **self.resolver.function_environment(function_id), **self._overrides}
 
     def layer_dirs(self) -> list[Path]:
         """Local folders of the template's layers (SAM's python3.12 build imports from there)."""
@@ -679,7 +731,7 @@ class FunctionHost:
         with self._lock:
             pools = list(self._pools.values())
         for pool in pools:
-            pool.bump_generation()
+            pool.recycle(zygote_too=False)  # the zygote stays: fork requests carry the patches
 
     def note_started(self, function_id: str, pid: int) -> None:
         """Remember a worker's pid (`started_pids`)."""
@@ -695,17 +747,24 @@ class FunctionHost:
         """Workers of ``function_id`` alive now (idle, busy or starting)."""
         return self._pool(function_id).size()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop every worker and zygote; waits up to ``timeout`` for them to exit, then kills."""
+    def stop(self) -> None:
+        """Stop every worker and zygote (and the shared base when no other host uses it)."""
         self._finalizer()
 
 
-def _stop_pools(pools: dict[str, _Pool], timeout: float) -> None:
-    workers = [worker for pool in list(pools.values()) for worker in pool.stop(timeout)]
+def _stop_host(host_id: int, pools: dict[str, _Pool], timeout: float) -> None:
+    processes = [process for pool in list(pools.values()) for process in pool.stop()]
     deadline = time.monotonic() + timeout
-    for worker in workers:
-        if not worker.wait(deadline - time.monotonic()):
-            worker.dead = False
-            worker.kill()
-            worker.wait(1.0)
-        worker.release_resources()
+    for process in processes:
+        if not process.wait(deadline - time.monotonic()):
+            process.dead = False
+            process.kill()
+            process.wait(1.0)
+        process.release_resources()
+    global _base_process
+    with _base_lock:
+        _base_users.discard(host_id)
+        if _base_users or _base_process is None:
+            return
+        base, _base_process = _base_process, None
+    base.stop(timeout)

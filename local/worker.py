@@ -315,11 +315,11 @@ def _apply_patches(patches: list[dict[str, Any]]) -> None:
         apply_patch(patch["target"], patch["factory"], list(patch.get("arguments", [])))
 
 
-def _zygote(runtime: Runtime, control: Connection) -> None:
-    """Fork a worker for every request on ``control``; the socket for each arrives with the request."""
-    # Forked workers are reaped by the kernel; the host follows each one with a pidfd.
+def _fork_loop(control: Connection, run_child: Callable[[dict[str, Any], Connection], None]) -> None:
+    """Fork for every request on ``control``; the child's socket arrives with its request."""
+    # Children are reaped by the kernel; the host follows each one with a pidfd.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    gc.freeze()  # keep the loaded handler's objects out of the collector: fewer copied pages per fork
+    gc.freeze()  # keep what is loaded out of the collector: fewer pages copied per fork
     while True:
         try:
             request = receive(control)
@@ -331,32 +331,88 @@ def _zygote(runtime: Runtime, control: Connection) -> None:
             pid = os.fork()
         except OSError as error:
             os.close(handle)
-            CHANNEL.open(control)
-            CHANNEL.send(json.dumps(error_message(error)).encode("utf-8"))
-            CHANNEL.close()
-            continue
-        if pid == 0:  # the worker
-            status = 0
-            try:
-                CHANNEL.forget()
-                control.close()
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                _apply_patches(request.get("patches", []))
-                runtime.serve(Connection(handle))
-            except BaseException:
-                traceback.print_exc()
-                status = 1
-            finally:
-                _flush()
-                os._exit(status)
-        os.close(handle)
+            answer = error_message(error)
+        else:
+            if pid == 0:
+                status = 0
+                try:
+                    CHANNEL.forget()
+                    control.close()
+                    run_child(request, Connection(handle))
+                except BaseException:
+                    traceback.print_exc()
+                    status = 1
+                finally:
+                    _flush()
+                    os._exit(status)
+            os.close(handle)
+            answer = {"ok": True, "pid": pid}
         CHANNEL.open(control)
-        CHANNEL.send(json.dumps({"ok": True, "pid": pid}).encode("utf-8"))
+        CHANNEL.send(json.dumps(answer).encode("utf-8"))
         CHANNEL.close()
 
 
+def _preload(modules: list[str]) -> list[str]:
+    """Import the libraries every function shares; the names that failed."""
+    failed = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a missing optional library only costs its functions the import
+            failed.append(name)
+    return failed
+
+
+def _run(connection: Connection, config: dict[str, Any]) -> None:
+    """Load as ``config["mode"]`` says, answer ``ready`` (or the init error), then work until end of file.
+
+    ``base``: import the shared libraries, then fork a function's zygote per request. ``zygote``: load
+    the handler, then fork a worker per request. ``single``: load the handler and serve events.
+    """
+    mode = config.get("mode")
+    CHANNEL.open(connection)  # the cold start's output goes out while the host waits for it
+    runtime = Runtime(config) if mode != "base" else None
+    failed: list[str] = []
+    try:
+        if runtime is None:
+            sys.path[:] = list(config["sys_path"])
+            failed = _preload(list(config.get("preload", [])))
+        else:
+            runtime.load()
+        if mode == "single":
+            _apply_patches(config.get("patches", []))
+    except BaseException as error:  # an init error: reported, then this environment is gone
+        _flush()
+        CHANNEL.send(json.dumps(error_message(error, f"Runtime.InitError ({type(error).__name__})")).encode())
+        return
+    _flush()
+    ready = {"ok": True, "pid": os.getpid(), "threads": threading.active_count(), "not_preloaded": failed}
+    CHANNEL.send(json.dumps(ready).encode("utf-8"))
+    CHANNEL.close()
+    if runtime is None:
+        _fork_loop(connection, _become_zygote)
+    elif mode == "zygote":
+
+        def become_worker(request: dict[str, Any], worker_connection: Connection) -> None:
+            assert runtime is not None
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _apply_patches(request.get("patches", []))
+            runtime.serve(worker_connection)
+
+        _fork_loop(connection, become_worker)
+    else:
+        runtime.serve(connection)
+
+
+def _become_zygote(request: dict[str, Any], connection: Connection) -> None:
+    """In a child of the base: take on the function's environment, then load it as its zygote."""
+    os.environ.clear()
+    os.environ.update(request["environment"])
+    _run(connection, request["config"])
+
+
 def main() -> None:
-    """Entry point of a worker or zygote process (see the module docstring)."""
+    """Entry point of a worker, zygote or base process (see the module docstring)."""
     # Ctrl-C in `make run` reaches the whole process group; the host decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     connection = Connection(int(sys.argv[1]))
@@ -366,22 +422,5 @@ def main() -> None:
         return
     sys.stdout = Output("stdout", sys.__stdout__, CHANNEL)
     sys.stderr = Output("stderr", sys.__stderr__, CHANNEL)
-    CHANNEL.open(connection)  # the cold start's output goes out while the host waits for it
-    runtime = Runtime(config)
-    try:
-        runtime.load()
-        if config.get("mode") != "zygote":
-            _apply_patches(config.get("patches", []))
-    except BaseException as error:  # an init error: reported, then this environment is gone
-        _flush()
-        CHANNEL.send(json.dumps(error_message(error, f"Runtime.InitError ({type(error).__name__})")).encode())
-        return
-    _flush()
-    ready = {"ok": True, "pid": os.getpid(), "threads": threading.active_count()}
-    CHANNEL.send(json.dumps(ready).encode("utf-8"))
-    CHANNEL.close()
-    if config.get("mode") == "zygote":
-        _zygote(runtime, connection)
-    else:
-        runtime.serve(connection)
+    _run(connection, config)
     _flush()
