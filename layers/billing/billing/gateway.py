@@ -1,5 +1,6 @@
 """What the domain needs from a card processor (Stripe in production, the emulator locally, a fake in tests)."""
 
+from collections.abc import Sequence
 from typing import Protocol
 
 # A charge's status, in the domain's terms.
@@ -38,6 +39,7 @@ class RefundResult(Protocol):
     amount_cents: int
     payment_intent_id: str | None
     metadata: dict[str, str]
+    failure_reason: str | None  # why a failed refund failed (the processor's code)
 
 
 class PaymentGateway(Protocol):
@@ -75,7 +77,7 @@ class PaymentGateway(Protocol):
         self, *, payment_intent_id: str, amount_cents: int, idempotency_key: str, metadata: dict[str, str]
     ) -> RefundResult: ...
 
-    def refunds_of(self, payment_intent_id: str) -> list[RefundResult]:
+    def refunds_of(self, payment_intent_id: str) -> Sequence[RefundResult]:
         """Every refund of the PaymentIntent's charge, whoever made it (this API, a dashboard), any status."""
         ...
 

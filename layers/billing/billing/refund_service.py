@@ -10,7 +10,7 @@ fails there is released (or, if it had been counted, returned to the client as c
 
 from billing.allocation import check_refundable, plan_refund_takes
 from billing.books import Books
-from billing.errors import Conflict, ProcessorUnavailable, existing
+from billing.errors import Conflict, existing
 from billing.gateway import REFUND_FAILED, REFUND_PENDING, REFUND_SUCCEEDED, PaymentGateway, RefundResult
 from billing.localtime import Clock
 from billing.payments import (
@@ -110,6 +110,8 @@ def _complete(
     if refund.processor_refund_id is not None:
         return record_processor_refund(books, clock, practice_id, gateway.retrieve_refund(refund.processor_refund_id))
     assert payment.processor_payment_id is not None
+    # A retry looks for the processor's refund first (an earlier attempt's answer may have been lost); an
+    # unknown outcome now (ProcessorUnavailable, a 503) leaves the refund pending for the retry or a webhook.
     result = _find_processor_refund(gateway, payment.processor_payment_id, refund.refund_id) if resumed else None
     if result is None:
         try:
@@ -119,10 +121,6 @@ def _complete(
                 idempotency_key=processor_idempotency_key(refund.refund_id),
                 metadata={"practice_id": practice_id, "payment_id": payment.payment_id, "refund_id": refund.refund_id},
             )
-        except ProcessorUnavailable:
-            result = _find_processor_refund(gateway, payment.processor_payment_id, refund.refund_id)
-            if result is None:
-                raise
         except Conflict as refused:  # the processor refused it outright: nothing was refunded
             apply_refund_status(books, practice_id, refund.refund_id, REFUND_FAILED, refused.message)
             raise
@@ -176,8 +174,7 @@ def record_processor_refund(
         return refund
 
     refund = optimistic(attempt)
-    reason = getattr(result, "failure_reason", None)
-    return apply_refund_status(books, practice_id, refund.refund_id, result.status, reason)
+    return apply_refund_status(books, practice_id, refund.refund_id, result.status, result.failure_reason)
 
 
 def apply_refund_status(
