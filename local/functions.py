@@ -534,10 +534,14 @@ class _Pool:
             with self._zygote_lock:
                 zygote, self._zygote = self._zygote, None
             if zygote is not None:
-                zygote.stop(5.0)
+                zygote.retire()  # it exits once its last worker has (busy ones finish their event first)
+                zygote.release_resources()
 
-    def stop(self) -> list[_Worker]:
-        """Stop taking invocations; close idle workers, kill busy ones; returns every process to wait for."""
+    def stop(self) -> tuple[list[_Worker], _Worker | None]:
+        """Stop taking invocations; close idle workers, kill busy ones.
+
+        Returns the workers to wait for, and the zygote to stop once they are gone (it reaps them).
+        """
         with self.condition:
             self.closed = True
             idle, self.idle = self.idle, []
@@ -549,9 +553,7 @@ class _Pool:
             worker.kill()
         with self._zygote_lock:
             zygote, self._zygote = self._zygote, None
-        if zygote is not None:
-            zygote.retire()
-        return [*idle, *busy, *([zygote] if zygote is not None else [])]
+        return [*idle, *busy], zygote
 
 
 # ---------------------------------------------------------------- the host
@@ -753,14 +755,20 @@ class FunctionHost:
 
 
 def _stop_host(host_id: int, pools: dict[str, _Pool], timeout: float) -> None:
-    processes = [process for pool in list(pools.values()) for process in pool.stop()]
+    """Stop workers, then the zygotes that reap them, then (when no host is left) the shared base."""
+    stopped = [pool.stop() for pool in list(pools.values())]
     deadline = time.monotonic() + timeout
-    for process in processes:
-        if not process.wait(deadline - time.monotonic()):
-            process.dead = False
-            process.kill()
-            process.wait(1.0)
-        process.release_resources()
+    workers = [worker for pool_workers, _ in stopped for worker in pool_workers]
+    zygotes = [zygote for _, zygote in stopped if zygote is not None]
+    for group in (workers, zygotes):
+        for process in group:
+            process.retire()
+        for process in group:
+            if not process.wait(deadline - time.monotonic()):
+                process.dead = False
+                process.kill()
+                process.wait(1.0)
+            process.release_resources()
     global _base_process
     with _base_lock:
         _base_users.discard(host_id)

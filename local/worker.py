@@ -316,15 +316,22 @@ def _apply_patches(patches: list[dict[str, Any]]) -> None:
 
 
 def _fork_loop(control: Connection, run_child: Callable[[dict[str, Any], Connection], None]) -> None:
-    """Fork for every request on ``control``; the child's socket arrives with its request."""
-    # Children are reaped by the kernel; the host follows each one with a pidfd.
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    """Fork for every request on ``control``; the child's socket arrives with its request.
+
+    Children are reaped as they exit, and at end of file this process waits for the last of them
+    before it exits itself (an orphan would be left to an init that may never reap it).
+    """
+    signal.signal(signal.SIGCHLD, _reap)
     gc.freeze()  # keep what is loaded out of the collector: fewer pages copied per fork
     while True:
         try:
             request = receive(control)
             handle = recv_handle(control)
         except EOFError:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            with contextlib.suppress(ChildProcessError):
+                while True:
+                    os.waitpid(-1, 0)
             return
         _flush()
         try:
@@ -350,6 +357,13 @@ def _fork_loop(control: Connection, run_child: Callable[[dict[str, Any], Connect
         CHANNEL.open(control)
         CHANNEL.send(json.dumps(answer).encode("utf-8"))
         CHANNEL.close()
+
+
+def _reap(signum: int, frame: Any) -> None:
+    """SIGCHLD: collect every child that has exited."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
 
 
 def _preload(modules: list[str]) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import http.client
+import importlib.util
 import json
 import os
 import queue
@@ -18,7 +20,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jwt
 import pytest
@@ -26,14 +29,21 @@ import requests
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2Model, SqsModel
 
 from local.aws import provision
+from local.functions import FunctionHost, InvocationError
 from local.scheduler import LocalScheduler, drain_queues
+from local.server import JSON_TYPE
 from local.stack import LocalStack
 from local.token import DEFAULT_SECRET, make_token
+from tests.e2e.conftest import ApiSession
+from tests.e2e.iam_audit import IamAuditLog
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Api
 
+T = TypeVar("T")
+
 ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIXTURE_GROUP = "FixtureScheduleGroup"
 FIXTURE_ZONE = "Pacific/Chatham"
@@ -104,10 +114,13 @@ def test_valid_token_gets_past_the_authorizer(api: Api, stack: LocalStack) -> No
 def test_stripe_emulator_is_wired_into_the_handlers_environment(stack: LocalStack) -> None:
     if stack.stripe is None:
         pytest.skip("no Stripe emulator: STRIPE_SECRET_KEY is a real test key")
-    assert os.environ["STRIPE_SECRET_KEY"] == "sk_test_local_emulator"
-    assert os.environ["STRIPE_WEBHOOK_SECRET"] == "whsec_local"
-    assert os.environ["STRIPE_API_BASE"].startswith("http://127.0.0.1:")
     assert stack.stripe.webhook_url == f"{stack.url}/webhooks/stripe"
+    for function_id in stack.template.functions:
+        environment = stack.server.functions.function_environment(function_id)
+        assert environment["STRIPE_SECRET_KEY"] == "sk_test_local_emulator"
+        assert environment["STRIPE_WEBHOOK_SECRET"] == "whsec_local"
+        assert environment["STRIPE_API_BASE"].startswith("http://127.0.0.1:")
+        assert environment["AWS_ENDPOINT_URL"] == stack.aws_endpoint
     if "StripeSecret" in stack.template.resources:
         stored = stack.aws.client("secretsmanager").get_secret_value(SecretId="StripeSecret")["SecretString"]
         assert json.loads(stored) == {"secret_key": "sk_test_local_emulator", "webhook_secret": "whsec_local"}
@@ -266,15 +279,39 @@ def test_base64_response_body_is_decoded(fixture_api: Api) -> None:
     assert response.content == PNG_SIGNATURE
 
 
-def test_environment_is_resolved_from_the_template(fixture_stack: LocalStack) -> None:
-    assert os.environ["FIXTURE_TABLE_NAME"] == "FixtureTable"
-    assert os.environ["FIXTURE_BUCKET_NAME"] == "fixturebucket"
-    assert os.environ["FIXTURE_ENTRY_ARN"] == "arn:aws:lambda:us-east-1:123456789012:function:FixtureEntryFunction"
-    assert os.environ["FIXTURE_QUEUE_ARN"] == "arn:aws:sqs:us-east-1:123456789012:FixtureWorkQueue"
-    assert os.environ["FIXTURE_WORK_QUEUE_URL"].endswith("/123456789012/FixtureWorkQueue")
-    assert os.environ["FIXTURE_STACK"] == "local"
-    assert os.environ["FIXTURE_FLAVOUR"] == "plain"
-    assert os.environ["AWS_ENDPOINT_URL"] == fixture_stack.aws_endpoint
+def test_each_function_runs_with_its_own_environment_path_and_folder(
+    fixture_api: Api, fixture_stack: LocalStack
+) -> None:
+    worker = fixture_api.get("/public/echo").json()["worker"]
+    assert worker["pid"] != os.getpid(), "the handler runs in a worker process, not in the server's"
+    environment = worker["environment"]
+    assert environment["FIXTURE_TABLE_NAME"] == "FixtureTable"
+    assert environment["FIXTURE_BUCKET_NAME"] == "fixturebucket"
+    assert environment["FIXTURE_ENTRY_ARN"] == "arn:aws:lambda:us-east-1:123456789012:function:FixtureEntryFunction"
+    assert environment["FIXTURE_QUEUE_ARN"] == "arn:aws:sqs:us-east-1:123456789012:FixtureWorkQueue"
+    assert environment["FIXTURE_STACK"] == "local"
+    assert environment["FIXTURE_FLAVOUR"] == "plain"
+    assert environment["AWS_ENDPOINT_URL"] == fixture_stack.aws_endpoint
+    assert "FIXTURE_WORK_QUEUE_URL" not in environment, "FixtureEntryFunction's variable, not this function's"
+    entry = fixture_stack.server.functions.function_environment("FixtureEntryFunction")
+    assert entry["FIXTURE_WORK_QUEUE_URL"].endswith("/123456789012/FixtureWorkQueue")
+    code_dir = str(FIXTURES / "functions")
+    assert worker["sys_path"][0] == code_dir and worker["cwd"] == code_dir, "Lambda's /var/task"
+
+
+def test_workers_started_later_keep_the_stack_environment(
+    fixture_api: Api, fixture_stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tests suspend the stack's environment in this process between tests; workers never see that."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("FIXTURE_TABLE_NAME", "not-the-stack-one")
+    functions = fixture_stack.server.functions
+    known = set(functions.started_pids("FixtureEchoFunction"))
+    functions.recycle("FixtureEchoFunction")  # the next event starts a new zygote and worker, now
+    worker = fixture_api.get("/public/echo").json()["worker"]
+    assert worker["pid"] not in known
+    assert worker["environment"]["AWS_ENDPOINT_URL"] == fixture_stack.aws_endpoint
+    assert worker["environment"]["FIXTURE_TABLE_NAME"] == "FixtureTable"
 
 
 def test_declared_table_exists_with_its_index_and_ttl(fixture_stack: LocalStack) -> None:
@@ -320,6 +357,312 @@ def test_openapi_merges_the_handlers_documents(fixture_api: Api) -> None:
     assert "FixtureItem" in document["components"]["schemas"]
     assert document["paths"]["/items/status"]["get"]["security"] == []
     assert "security" not in document["paths"]["/items/{item_id}"]["get"]
+
+
+# ---------------------------------------------------------------- functions in worker processes (fixture template)
+
+
+def at_once(count: int, call: Callable[[int], T]) -> list[T]:
+    """``call(0..count-1)`` from ``count`` threads released by one barrier at the same instant."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            results[index] = call(index)
+        except BaseException as error:  # reported below, with the others' results
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    return results
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of ``(start, end)`` intervals that overlap at one instant."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def assert_one_event_at_a_time(workers: list[dict[str, Any]]) -> None:
+    """No worker process ran two events at once: its intervals never overlap and it never saw two in flight."""
+    assert all(worker["in_flight"] == 1 for worker in workers), workers
+    by_pid: dict[int, list[tuple[float, float]]] = {}
+    for worker in workers:
+        by_pid.setdefault(worker["pid"], []).append((worker["started"], worker["finished"]))
+    for pid, intervals in by_pid.items():
+        assert most_at_once(intervals) == 1, f"worker {pid} ran two events at once: {intervals}"
+
+
+def echo_session(fixture_api: Api, token_session: ApiSession) -> ApiSession:
+    """A session of its own (its own connection) with the same token."""
+    own = ApiSession(fixture_api.base_url)
+    own.headers.update(token_session.headers)
+    return own
+
+
+def test_sixteen_mixed_concurrent_requests_are_each_answered_from_their_own_event(fixture_api: Api) -> None:
+    client = fixture_api.as_practice()
+    kinds = ["json", "text", "binary", "empty"]
+
+    def send(index: int) -> tuple[int, requests.Response]:
+        marker = f"marker-{index}-{uuid.uuid4().hex[:8]}"
+        method = "POST" if index % 2 else "GET"
+        body: bytes = {
+            "json": json.dumps({"index": index, "marker": marker}).encode(),
+            "text": f"text body {marker}".encode(),
+            "binary": bytes([index]) * 16 + marker.encode(),
+            "empty": b"",
+        }[kinds[index % 4]]
+        content_type = {"json": JSON_TYPE, "text": "text/plain", "binary": "application/octet-stream", "empty": ""}
+        headers = {"X-Marker": marker, "Content-Type": content_type[kinds[index % 4]]}
+        with echo_session(fixture_api, client) as own:
+            response = own.request(method, f"/echo/item-{index}?sleep_ms=300", data=body, headers=headers)
+        return index, response
+
+    answers = at_once(16, send)
+    workers = []
+    for index, response in answers:
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        event, sent = answer["event"], response.request
+        assert event["headers"]["x-marker"] == sent.headers["X-Marker"]
+        assert event["requestContext"]["http"]["method"] == ("POST" if index % 2 else "GET")
+        assert event["pathParameters"] == {"item_id": f"item-{index}"}
+        received = event.get("body", "")
+        received_bytes = base64.b64decode(received) if event["isBase64Encoded"] else received.encode()
+        assert received_bytes == (sent.body or b""), f"request {index} was answered from another event"
+        workers.append(answer["worker"])
+    assert_one_event_at_a_time(workers)
+    pids = {worker["pid"] for worker in workers}
+    assert len(pids) >= 4, f"16 simultaneous events ran in only {len(pids)} worker processes"
+    assert most_at_once([(w["started"], w["finished"]) for w in workers]) >= 4, "the events did not run at once"
+
+
+def test_sixteen_mixed_concurrent_payments_are_answered_from_their_own_idempotency_key_and_body(
+    api: Api, stack: LocalStack
+) -> None:
+    """The bug workers fix: with one process, a payment sent with a key was answered as if it had none."""
+    session = api.as_practice()
+    settings = {"name": "Mixed", "timezone": "America/Chicago", "invoice_creation": "manual"}
+    assert session.put("/practice", json=settings).status_code == 200
+    client_id = session.post("/clients", json={"first_name": "Mia", "last_name": "Xed"}).json()["client_id"]
+    functions = stack.server.functions
+    functions.recycle("AddPaymentFunction")  # start from no warm worker: the burst makes the pool grow
+    started = len(functions.started_pids("AddPaymentFunction"))
+
+    def pay(index: int) -> requests.Response:
+        body = {"client_id": client_id, "amount_cents": 100 + index, "method": "cash", "reference": f"ref-{index}"}
+        headers = {}
+        if index % 3 == 1:
+            headers["Idempotency-Key"] = f"mixed-{index}-{uuid.uuid4().hex}"
+        elif index % 3 == 2:
+            headers["Idempotency-Key"] = "not a key!"
+        with echo_session(api, session) as own:
+            return own.post("/payments", json=body, headers=headers)
+
+    answers = at_once(16, pay)
+    for index, answer in enumerate(answers):
+        if index % 3 == 1:
+            assert answer.status_code == 201, (index, answer.text)
+            payment = answer.json()
+            assert (payment["amount_cents"], payment["reference"]) == (100 + index, f"ref-{index}")
+        else:
+            expected = "idempotency_key_required" if index % 3 == 0 else "invalid_idempotency_key"
+            assert_error(answer, 400, expected)
+    assert len(functions.started_pids("AddPaymentFunction")) - started >= 2, "one worker served the whole burst"
+    listed = session.get(f"/clients/{client_id}/payments").json()["payments"]
+    assert sorted(p["amount_cents"] for p in listed) == [100 + i for i in range(16) if i % 3 == 1]
+
+
+def test_at_the_cap_events_queue_for_the_one_worker_and_never_overlap(fixture_stack: LocalStack) -> None:
+    """The measures above can fail: one worker at most gives one pid and no overlap."""
+    host = FunctionHost(fixture_stack.template, fixture_stack.resolver, max_workers=1)
+    try:
+        event = {"rawPath": "/echo/x", "queryStringParameters": {"sleep_ms": "200"}}
+        started = time.monotonic()
+        answers = at_once(4, lambda index: json.loads(host.invoke("FixtureEchoFunction", event)["body"]))
+        elapsed = time.monotonic() - started
+        workers = [answer["worker"] for answer in answers]
+        assert len({worker["pid"] for worker in workers}) == 1
+        assert most_at_once([(w["started"], w["finished"]) for w in workers]) == 1
+        assert elapsed >= 0.8, "four 200 ms events, one after the other"
+        assert host.pool_size("FixtureEchoFunction") == 1
+    finally:
+        host.stop()
+
+
+def test_the_in_flight_probe_sees_two_events_sharing_one_process() -> None:
+    """What the echo reports would expose handlers running side by side in one process (the old design)."""
+    spec = importlib.util.spec_from_file_location("_echo_probe", FIXTURES / "functions" / "echo.py")
+    assert spec is not None and spec.loader is not None
+    echo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(echo)
+    context = SimpleNamespace(
+        function_name="probe", invoked_function_arn="arn", memory_limit_in_mb=128, aws_request_id="r"
+    )
+    context.get_remaining_time_in_millis = lambda: 1000
+    event = {"rawPath": "/echo/x", "queryStringParameters": {"sleep_ms": "300"}}
+    answers = at_once(2, lambda _: json.loads(echo.lambda_handler(event, context)["body"])["worker"])
+    assert max(answer["in_flight"] for answer in answers) == 2
+    assert len({answer["pid"] for answer in answers}) == 1
+
+
+def test_forty_simultaneous_connections_are_all_answered(fixture_stack: LocalStack) -> None:
+    def get(index: int) -> tuple[int, dict[str, Any]]:
+        connection = http.client.HTTPConnection("127.0.0.1", fixture_stack.server.port, timeout=60)
+        try:
+            connection.request("GET", "/public/echo?sleep_ms=200", headers={"X-Marker": f"m{index}"})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
+    answers = at_once(40, get)
+    assert [status for status, _ in answers] == [200] * 40
+    assert [answer["event"]["headers"]["x-marker"] for _, answer in answers] == [f"m{i}" for i in range(40)]
+    workers = [answer["worker"] for _, answer in answers]
+    assert_one_event_at_a_time(workers)
+    pids = {worker["pid"] for worker in workers}
+    assert 2 <= len(pids) <= fixture_stack.server.functions.max_workers, "the pool grows, up to its cap"
+
+
+def test_a_handler_past_its_timeout_is_stopped_and_answered_504(fixture_api: Api, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    started = time.monotonic()
+    response = fixture_api.post("/limits/sleep", json={"seconds": 30, "pid_file": str(pid_file)})
+    assert_error(response, 504, "function_timeout")
+    assert "1 s Timeout" in response.json()["error"]["message"]
+    assert time.monotonic() - started < 10, "answered at the Timeout (1 s), not when the handler would end"
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, f"worker {pid} still runs after its Timeout"
+        time.sleep(0.05)
+    again = fixture_api.post("/limits/sleep", json={"seconds": 0})
+    assert again.status_code == 200 and again.json()["pid"] != pid, "a fresh worker replaces the stopped one"
+
+
+def test_a_crashed_worker_is_answered_502_and_replaced(fixture_api: Api) -> None:
+    # Sequential requests take the most recently idle worker: the crash ends the one that answered `before`.
+    before = fixture_api.post("/limits/sleep", json={"seconds": 0}).json()["pid"]
+    assert_error(fixture_api.post("/limits/crash", json={}), 502, "function_crashed")
+    after = fixture_api.post("/limits/sleep", json={"seconds": 0})
+    assert after.status_code == 200, after.text
+    assert after.json()["pid"] != before
+
+
+def test_patched_replaces_code_in_the_workers_until_the_block_ends(
+    fixture_api: Api, fixture_stack: LocalStack, tmp_path: Path
+) -> None:
+    functions = fixture_stack.server.functions
+
+    def note() -> str:
+        return str(fixture_api.get("/public/echo").json()["worker"]["note"])
+
+    assert note() == "original"
+    with functions.patched("echo:note", "tests.e2e.fixtures.faults:constant", "patched"):
+        assert note() == "patched"
+    assert note() == "original"
+    crashes = str(tmp_path / "crashes")
+    with functions.patched("echo:note", "tests.e2e.fixtures.faults:raise_times", crashes, 1, "injected fault"):
+        assert_error(fixture_api.get("/public/echo"), 500, "internal_error")
+        assert note() == "original", "raise_times fails the first call only, whichever worker makes it"
+
+
+def test_stop_ends_every_worker_process(fixture_stack: LocalStack) -> None:
+    host = FunctionHost(fixture_stack.template, fixture_stack.resolver)
+    assert host.preload(["FixtureEchoFunction", "FixtureLimitsFunction"]) == {}
+    pids = host.started_pids("FixtureEchoFunction") + host.started_pids("FixtureLimitsFunction")
+    assert len(pids) == 2
+    host.stop()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with pytest.raises(InvocationError):
+        host.invoke("FixtureEchoFunction", {"rawPath": "/echo/x"})
+
+
+# ---------------------------------------------------------------- the HTTP layer's own answers
+
+
+def raw_exchange(stack: LocalStack, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes on a connection of their own; the status, headers and body of the answer."""
+    with socket.create_connection(("127.0.0.1", stack.server.port), timeout=30) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"b" * 70_000 + b"\r\n\r\n",
+            431,
+            "request_header_fields_too_large",
+        ),
+        (b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", 501, "not_implemented"),
+        (b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", 501, "not_implemented"),
+        (b"POST /echo/x HTTP/1.1\r\nHost: x\r\nContent-Length: many\r\n\r\n", 400, "bad_request"),
+    ],
+    ids=["uri too long", "header too long", "unknown method", "trace", "bad content-length"],
+)
+def test_what_the_http_layer_refuses_is_answered_in_the_error_shape(
+    fixture_stack: LocalStack, request_bytes: bytes, status: int, code: str
+) -> None:
+    answered, headers, body = raw_exchange(fixture_stack, request_bytes)
+    assert answered == status
+    assert headers["content-type"] == JSON_TYPE
+    error = json.loads(body)["error"]
+    assert error["code"] == code and isinstance(error["message"], str) and error["message"]
+    assert error["details"] == []
+
+
+def test_unknown_route_and_wrong_method_on_a_function_route_are_404_and_405(fixture_api: Api) -> None:
+    assert_error(fixture_api.get("/no/such/thing"), 404, "not_found")
+    wrong = fixture_api.delete("/limits/sleep")
+    assert_error(wrong, 405, "method_not_allowed")
+    assert wrong.headers["Allow"] == "POST"
+
+
+# ---------------------------------------------------------------- the IAM audit inside the workers
+
+
+def test_iam_audit_reports_dynamodb_calls_the_function_statements_do_not_allow(
+    fixture_api: Api, fixture_iam_audit: IamAuditLog
+) -> None:
+    before = fixture_iam_audit.snapshot()
+    try:
+        allowed = fixture_api.post("/audit", json={"calls": ["get", "put", "query_index"]})
+        assert allowed.status_code == 200, allowed.text
+        assert fixture_iam_audit.since(before) == []
+        denied = fixture_api.post("/audit", json={"calls": ["delete", "query_table", "transact_delete"]})
+        assert denied.status_code == 200, "the audit reports; it does not refuse the call"
+        assert sorted(fixture_iam_audit.since(before)) == [
+            "FixtureAuditFunction calls dynamodb:DeleteItem on FixtureTable without permission",
+            "FixtureAuditFunction calls dynamodb:DeleteItem on FixtureTable without permission",
+            "FixtureAuditFunction calls dynamodb:Query on FixtureTable without permission",
+        ]
+    finally:
+        fixture_iam_audit.forget("FixtureAuditFunction")
 
 
 # ---------------------------------------------------------------- the scheduler (fixture template)
