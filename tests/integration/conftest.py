@@ -1,5 +1,7 @@
 """Integration fixtures: one moto server per test process, with the resources template.yaml declares."""
 
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,6 +15,7 @@ from billing.practices import InvoiceCreation, Practice, PracticeSettings, save_
 from billing_aws.store import BillingStore
 from local.aws import LocalAws, provision, start_moto
 from local.template import Resolver, load_template
+from tests.support.gsi_lag import GsiLag
 
 
 @pytest.fixture(scope="session")
@@ -98,3 +101,85 @@ def open_books(
 @pytest.fixture
 def books(store: BillingStore) -> Books:
     return open_books(store)
+
+
+# -- GSI lag: index reads that trail their writes, as on AWS (see tests/support/gsi_lag.py) -----------------
+
+GSI_LAG_ENV = "BILLING_GSI_LAG"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "gsi_lag(**options): run the test with the GSI-lag double armed on the store's DynamoDB client; "
+        "options are GsiLag's (lag_seconds, hide_all_recent, lag_base_table, clock)",
+    )
+
+
+def gsi_lag_options_from_env(value: str | None) -> dict[str, Any] | None:
+    """Options for `GsiLag` from ``BILLING_GSI_LAG``, or None when the switch is off (unset, "", 0, off).
+
+    Comma-separated words: ``1``/``on`` (default lag), a number of seconds (``0.5``), ``all`` (hide every
+    write since the test started), ``gsi-only`` (leave eventually consistent base-table reads alone).
+    """
+    words = [word.strip().lower() for word in (value or "").split(",") if word.strip()]
+    if not words or words == ["0"] or words[0] in ("off", "false", "no"):
+        return None
+    options: dict[str, Any] = {}
+    for word in words:
+        if word in ("1", "on", "true", "yes"):
+            continue
+        if word == "all":
+            options["hide_all_recent"] = True
+        elif word == "gsi-only":
+            options["lag_base_table"] = False
+        else:
+            try:
+                options["lag_seconds"] = float(word)
+            except ValueError:
+                raise pytest.UsageError(f"{GSI_LAG_ENV}={value!r}: unknown word {word!r}") from None
+    return options
+
+
+def dynamodb_client(store: BillingStore) -> Any:
+    """The boto3 DynamoDB client a `BillingStore` talks through (shared by the whole test process)."""
+    return store._db
+
+
+@pytest.fixture
+def gsi_lag_options() -> dict[str, Any]:
+    """Override in a module (or conftest) to configure `gsi_lag` there, e.g. with a `ManualClock`."""
+    return {}
+
+
+@pytest.fixture
+def gsi_lag(request: pytest.FixtureRequest, store: BillingStore, gsi_lag_options: dict[str, Any]) -> Iterator[GsiLag]:
+    """The GSI-lag double armed on the store's client for this test, disarmed after it.
+
+    Options, later ones winning: ``BILLING_GSI_LAG``, the `gsi_lag_options` fixture, the ``gsi_lag`` marker.
+    Only this process's store client is hooked (each xdist worker has its own moto server and client); arm
+    more clients with ``gsi_lag.arm(client)``.
+    """
+    options = dict(gsi_lag_options_from_env(os.environ.get(GSI_LAG_ENV)) or {})
+    options |= gsi_lag_options
+    marker = request.node.get_closest_marker("gsi_lag")
+    if marker is not None:
+        options |= marker.kwargs
+    double = GsiLag(**options).arm(dynamodb_client(store))
+    try:
+        yield double
+    finally:
+        double.disarm()
+        if double.lagged_reads:
+            sys.stderr.write(double.summary() + "\n")  # shown with a failing test's captured output
+
+
+@pytest.fixture(autouse=True)
+def _gsi_lag_on_request(request: pytest.FixtureRequest) -> None:
+    """Arm `gsi_lag` before anything else for every test that uses the store when ``BILLING_GSI_LAG`` is on
+    or the test (or its module, via ``pytestmark = pytest.mark.gsi_lag()``) carries the ``gsi_lag`` marker."""
+    if "store" not in request.fixturenames:
+        return
+    wanted = request.node.get_closest_marker("gsi_lag") is not None
+    if wanted or gsi_lag_options_from_env(os.environ.get(GSI_LAG_ENV)) is not None:
+        request.getfixturevalue("gsi_lag")
