@@ -20,10 +20,16 @@ resume the stack's environment around each test) never leak into a worker. A hos
 started gives workers the current ``os.environ`` instead. Their ``sys.path`` starts with the
 ``CodeUri`` folder, then the layers' folders, then this process's path.
 
-How workers start (``BILLING_LOCAL_WORKER_START``): ``fork`` (the default on Linux) imports each
-function's handler once in a *zygote* process, the cold start, and forks every worker from it;
-``spawn`` starts every worker as a new interpreter that imports the handler itself (slower to scale
-up; the default elsewhere). See `local.worker` for the process side.
+How workers start (``BILLING_LOCAL_WORKER_START``): ``fork``, the default on Linux, has one shared
+*base* process import the libraries every handler uses (`PRELOAD_MODULES`) once, fork from it one
+*zygote* per function that takes on the function's environment and imports its handler (the cold
+start), and fork every worker of the function from its zygote: a new worker costs a fork, not
+another cold start. ``spawn``, the default elsewhere, starts every worker as a new interpreter that
+imports the handler itself. Either way workers and zygotes run `local.worker`; the host kills a
+forked worker through a pidfd, so a recycled pid is never hit.
+
+Patches (`FunctionHost.patched`) stand in for ``monkeypatch`` now that handlers no longer run in the
+caller's process.
 """
 
 from __future__ import annotations
@@ -210,6 +216,7 @@ class _Worker:
         with contextlib.suppress(OSError):
             if self.process is not None:
                 self.process.kill()
+                _exiting.add(self.process)
             elif self.pidfd is not None:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             else:
@@ -220,6 +227,8 @@ class _Worker:
         """Close the connection: the worker finishes at end of file."""
         self.dead = True
         self._close()
+        if self.process is not None:
+            _exiting.add(self.process)
 
     def wait(self, timeout: float) -> bool:
         """Wait until the process has exited; False when it is still running after ``timeout``."""
@@ -246,6 +255,37 @@ class _Worker:
             self.connection.close()
 
 
+class _Exiting:
+    """Child processes told to end (spawn mode), reaped once they have: no zombie outlives its worker."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._processes: set[subprocess.Popen[bytes]] = set()
+
+    def add(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._processes.add(process)
+
+    def reap(self, timeout: float = 0.0) -> None:
+        """Collect those that have exited; with a ``timeout``, wait for the rest (then kill them)."""
+        with self._lock:
+            processes = list(self._processes)
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            if timeout > 0:
+                try:
+                    process.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            if process.poll() is not None:
+                with self._lock:
+                    self._processes.discard(process)
+
+
+_exiting = _Exiting()
+
+
 def _socketpair() -> tuple[Connection, socket.socket]:
     ours, theirs = socket.socketpair()
     return Connection(ours.detach()), theirs
@@ -253,6 +293,7 @@ def _socketpair() -> tuple[Connection, socket.socket]:
 
 def _launch(environment: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], Connection]:
     """Start ``python -c <bootstrap> <fd>`` with ``environment``; the connection to it."""
+    _exiting.reap()
     connection, theirs = _socketpair()
     try:
         process = subprocess.Popen(
@@ -705,9 +746,10 @@ class FunctionHost:
     def recycle(self, function_id: str | None = None) -> None:
         """Forget warm workers (and zygotes): the next invocations start cold, with the current settings."""
         with self._lock:
-            pools = [self._pools[function_id]] if function_id in self._pools else []
             if function_id is None:
                 pools = list(self._pools.values())
+            else:
+                pools = [self._pools[function_id]] if function_id in self._pools else []
         for pool in pools:
             pool.recycle()
 
@@ -769,6 +811,7 @@ def _stop_host(host_id: int, pools: dict[str, _Pool], timeout: float) -> None:
                 process.kill()
                 process.wait(1.0)
             process.release_resources()
+    _exiting.reap(max(0.1, deadline - time.monotonic()))
     global _base_process
     with _base_lock:
         _base_users.discard(host_id)

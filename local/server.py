@@ -21,6 +21,7 @@ import base64
 import json
 import mimetypes
 import re
+import socket
 import sys
 import threading
 import time
@@ -495,8 +496,29 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if with_body:
             self.wfile.write(body)
+        self._linger()
         if not self.server.app.quiet:
             print(f"local api: {self.requestline[:80]!r} -> {code} ({message or phrase})", file=sys.stderr)
+
+    def _linger(self, seconds: float = 1.0, limit: int = 1 << 20) -> None:
+        """Read what is left of a refused request before closing, so the answer is not lost to a reset.
+
+        Closing a socket with unread input makes the kernel send RST, which can destroy the answer
+        before the client reads it (a 414 leaves most of the request line unread).
+        """
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(seconds)
+            deadline = time.monotonic() + seconds
+            drained = 0
+            while drained < limit and time.monotonic() < deadline:
+                chunk = self.connection.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:
+            pass  # the client is gone or slow: nothing more to do
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the default access log; `_handle` writes a shorter one."""

@@ -1,26 +1,28 @@
 """Inside a local Lambda execution environment: one function's handler in a process of its own.
 
-The local API server (`local.functions.FunctionHost`) starts this module with
-``python -c "from local.worker import main; main()" <fd>``, with the function's environment, and
-talks to it over the socket ``<fd>`` in length-prefixed JSON messages
-(`multiprocessing.connection.Connection` framing):
+The local host (`local.functions.FunctionHost`) starts this module with
+``python -c "from local.worker import main; main()" <fd>`` and talks to the process over the socket
+``<fd>`` in length-prefixed JSON messages (`multiprocessing.connection.Connection` framing). The first
+message is the configuration; its ``mode`` says what the process becomes:
 
-1. the host sends the configuration (handler, ``CodeUri`` folder, layer folders, Timeout...);
-2. the process puts the ``CodeUri`` folder and the layers first on ``sys.path``, changes into the
-   ``CodeUri`` folder (Lambda's ``/var/task``), installs the IAM audit when ``BILLING_LOCAL_IAM_AUDIT``
-   is set (`local.iam_audit`) and imports the handler: the cold start. It answers ``ready`` or the
-   init error;
-3. then, as a **worker**, it serves one event at a time (``invoke``: the handler's JSON result or the
-   exception it raised, as Lambda's runtime reports it) until the socket closes; or, as a **zygote**
-   (Linux), it never runs an event but forks an initialised copy of itself for every worker the host
-   asks for, so scaling up costs a fork instead of another cold start.
+* ``single``: put the function's ``CodeUri`` folder and the layers first on ``sys.path``, change into
+  the ``CodeUri`` folder (Lambda's ``/var/task``), install the IAM audit when ``BILLING_LOCAL_IAM_AUDIT``
+  is set (`local.iam_audit`) and import the handler: the cold start. Answer ``ready`` (or the init
+  error), then serve one event at a time (``invoke``: the handler's JSON result, or the exception it
+  raised as Lambda's runtime reports it) until the socket closes.
+* ``zygote`` (Linux): the same cold start, but never run an event: fork an initialised copy of itself
+  for every worker the host asks for (the worker's socket arrives with the request, SCM_RIGHTS), so
+  scaling up costs a fork instead of another cold start.
+* ``base`` (Linux): import the libraries every function shares, once, then fork a function's zygote
+  per request; the zygote takes on the function's environment before it loads the handler.
 
-Nothing here is shared between two events in flight: each runs in its own process.
+Forking processes reap their children as they exit, and wait for the last one before they exit
+themselves. Nothing is shared between two events in flight: each runs in its own process.
 
-What a worker writes to ``sys.stdout`` / ``sys.stderr`` (Powertools' log lines, warnings, prints) goes
-to the host line by line as ``{"log": "stdout"|"stderr", "text"}`` messages while an event runs, so
-the host writes it out (to the terminal of ``make run``, or to what pytest captures) before it
-answers; what is written between events waits for the next one.
+What a process writes to ``sys.stdout`` / ``sys.stderr`` (Powertools' log lines, warnings, prints) goes
+to the host line by line as ``{"log": "stdout"|"stderr", "text"}`` messages while an event runs (or
+while it loads), so the host writes it out (to the terminal of ``make run``, or to what pytest
+captures) before it answers; what is written between events waits for the next one.
 """
 
 from __future__ import annotations

@@ -29,10 +29,11 @@ import requests
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2Model, SqsModel
 
 from local.aws import provision
-from local.functions import FunctionHost, InvocationError
+from local.functions import FunctionError, FunctionHost, FunctionTimeout, InvocationError
 from local.scheduler import LocalScheduler, drain_queues
-from local.server import JSON_TYPE
+from local.server import JSON_TYPE, LocalServer
 from local.stack import LocalStack
+from local.template import Resolver, load_template
 from local.token import DEFAULT_SECRET, make_token
 from tests.e2e.conftest import ApiSession
 from tests.e2e.iam_audit import IamAuditLog
@@ -595,6 +596,51 @@ def test_stop_ends_every_worker_process(fixture_stack: LocalStack) -> None:
             os.kill(pid, 0)
     with pytest.raises(InvocationError):
         host.invoke("FixtureEchoFunction", {"rawPath": "/echo/x"})
+
+
+def test_spawn_mode_cold_starts_each_worker_and_behaves_the_same(fixture_stack: LocalStack) -> None:
+    host = FunctionHost(fixture_stack.template, fixture_stack.resolver, start_method="spawn")
+    try:
+        event = {"rawPath": "/echo/x", "queryStringParameters": {"sleep_ms": "300"}}
+        workers = at_once(2, lambda _: json.loads(host.invoke("FixtureEchoFunction", event)["body"])["worker"])
+        assert len({worker["pid"] for worker in workers}) == 2
+        assert_one_event_at_a_time(workers)
+        assert workers[0]["environment"]["FIXTURE_TABLE_NAME"] == "FixtureTable"
+        with pytest.raises(FunctionError) as raised:
+            host.invoke("FixtureEchoFunction", {"rawPath": "/boom"})
+        assert "the fixture handler failed on purpose" in raised.value.stack_trace
+        with pytest.raises(FunctionTimeout):
+            host.invoke("FixtureLimitsFunction", {"rawPath": "/limits/sleep", "body": json.dumps({"seconds": 30})})
+        with host.patched("echo:note", "tests.e2e.fixtures.faults:constant", "spawned"):
+            assert json.loads(host.invoke("FixtureEchoFunction", event)["body"])["worker"]["note"] == "spawned"
+    finally:
+        pids = host.started_pids("FixtureEchoFunction") + host.started_pids("FixtureLimitsFunction")
+        host.stop()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_handler_that_cannot_load_is_answered_502_with_its_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "broken.py").write_text('raise ImportError("broken on purpose")\n')
+    (tmp_path / "template.yaml").write_text(
+        "Resources:\n"
+        "  BrokenFunction:\n"
+        "    Type: AWS::Serverless::Function\n"
+        "    Properties: {CodeUri: ., Handler: broken.lambda_handler, Runtime: python3.12,\n"
+        "      Events: {Get: {Type: HttpApi, Properties: {Path: /broken, Method: GET, Auth: {Authorizer: NONE}}}}}\n"
+    )
+    template = load_template(tmp_path / "template.yaml")
+    server = LocalServer(template, Resolver(template), clients=lambda service: None, quiet=True)
+    server.start()
+    try:
+        response = requests.get(f"{server.url}/broken", timeout=60)
+    finally:
+        server.stop()
+    assert_error(response, 502, "function_init_error")
+    assert "broken on purpose" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- the HTTP layer's own answers
