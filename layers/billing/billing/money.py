@@ -23,3 +23,13 @@ def format_amount(cents: int, currency: str) -> str:
     sign = "-" if cents < 0 else ""
     major, minor = divmod(abs(cents), 100)
     return f"{sign}{major:,}.{minor:02d} {code}"
+
+
+# The smallest card charge the processor accepts (Stripe's minimum charge amounts), in minor units; a
+# currency not listed here is left to the processor to judge.
+_MINIMUM_CHARGE_CENTS = {"usd": 50, "eur": 50, "cad": 50, "aud": 50, "nzd": 50, "chf": 50, "gbp": 30}
+
+
+def minimum_charge_cents(currency: str) -> int:
+    """The smallest amount a card can be charged in ``currency`` (1 when the processor states no minimum)."""
+    return _MINIMUM_CHARGE_CENTS.get(currency.lower(), 1)

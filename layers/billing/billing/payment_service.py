@@ -23,11 +23,20 @@ from billing.books import Books, open_invoices
 from billing.calendar import Appointment, require_appointment
 from billing.cards import Card
 from billing.clients import require_client
-from billing.errors import Conflict, NotFound, PaymentDeclined, ProcessorUnavailable, StaleState, existing
+from billing.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PaymentDeclined,
+    ProcessorUnavailable,
+    StaleState,
+    existing,
+)
 from billing.gateway import CHARGE_FAILED, CHARGE_PROCESSING, CHARGE_SUCCEEDED, ChargeResult, PaymentGateway
 from billing.invoice_service import create_invoice
 from billing.invoices import Invoice, InvoiceRequest, require_invoice
 from billing.localtime import Clock, local_date
+from billing.money import minimum_charge_cents
 from billing.payments import (
     IN_FLIGHT,
     AppointmentPaymentRequest,
@@ -137,6 +146,13 @@ def _reserve(
     practice_id = practice.practice_id
     client = require_client(books, practice_id, request.client_id)
     card = choose_card(books, practice_id, client.client_id, request.card_id) if _by_card(request.method) else None
+    minimum = minimum_charge_cents(practice.currency)
+    if card is not None and request.amount_cents < minimum:
+        raise InvalidRequest(
+            f"a card can be charged {minimum} cents or more; record smaller amounts another way",
+            code="amount_below_minimum_charge",
+            details=[{"minimum_charge_cents": minimum}],
+        )
 
     def attempt() -> Payment | None:
         if books.get_idempotency_record(practice_id, key_record.key_digest) is not None:
@@ -223,8 +239,24 @@ def _complete(
             return finish_claims(books, practice_id, payment)
         result = look_up_charge(gateway, payment)
     if result is None:
-        result = _charge(gateway, practice_id, payment)
+        try:
+            result = _charge(gateway, practice_id, payment)
+        except (InvalidRequest, Conflict) as refused:  # the processor refused it outright: nothing was charged
+            _release_refused(books, practice_id, payment.payment_id, refused.message)
+            raise
     return apply_charge(books, practice_id, payment.payment_id, result)
+
+
+def _release_refused(books: Books, practice_id: str, payment_id: str, reason: str) -> None:
+    """Cancel a payment the processor refused to charge, and release its holds."""
+
+    def attempt() -> Payment:
+        current = _stored(books, practice_id, payment_id)
+        if current.status is not PaymentStatus.PENDING:
+            return current
+        return _cancel(books, practice_id, current, reason)
+
+    finish_claims(books, practice_id, optimistic(attempt))
 
 
 def _renew_lease(books: Books, clock: Clock, practice_id: str, payment: Payment) -> Payment:
