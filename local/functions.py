@@ -230,6 +230,11 @@ class _Worker:
         if self.process is not None:
             _exiting.add(self.process)
 
+    def discard(self) -> None:
+        """`retire` (when not already dead) and forget the process: no need to wait for it."""
+        self.retire()
+        self.release_resources()
+
     def wait(self, timeout: float) -> bool:
         """Wait until the process has exited; False when it is still running after ``timeout``."""
         if self.process is not None:
@@ -393,8 +398,11 @@ def _shared_base(host: FunctionHost) -> _Worker | None:
     global _base_process
     with _base_lock:
         _base_users.add(id(host))
-        if _base_process is not None and _base_process.alive():
-            return _base_process
+        if _base_process is not None:
+            if _base_process.alive():
+                return _base_process
+            _base_process.discard()
+            _base_process = None
         config = {"mode": "base", "sys_path": _worker_sys_path([]), "preload": list(PRELOAD_MODULES)}
         try:
             base, ready = _boot(host.base_environment(), config)
@@ -457,7 +465,7 @@ class _Pool:
                     if worker.generation == self.generation and worker.usable():
                         self.busy.add(worker)
                         return worker
-                    worker.retire()
+                    worker.discard()
                 if len(self.busy) + self.starting < self.host.max_workers:
                     self.starting += 1
                     break
@@ -473,6 +481,7 @@ class _Pool:
             self.starting -= 1
             if self.closed:
                 worker.kill()
+                worker.release_resources()
                 self.condition.notify()
                 self._check_open()
             self.busy.add(worker)
@@ -483,7 +492,7 @@ class _Pool:
         with self.condition:
             self.busy.discard(worker)
             if worker.dead or self.closed or worker.generation != self.generation:
-                worker.retire()
+                worker.discard()
             else:
                 self.idle.append(worker)
             self.condition.notify()
@@ -536,8 +545,11 @@ class _Pool:
     def zygote(self) -> _Worker | None:
         """The function's zygote, started (its cold start) on first use; None when forking is off."""
         with self._zygote_lock:
-            if self._zygote is not None and self._zygote.alive():
-                return self._zygote
+            if self._zygote is not None:
+                if self._zygote.alive():
+                    return self._zygote
+                self._zygote.discard()  # it died (or failed a fork): a new one replaces it
+                self._zygote = None
             self._check_open()
             base = _shared_base(self.host)
             if base is not None:
@@ -570,7 +582,7 @@ class _Pool:
             self.generation += 1
             idle, self.idle = self.idle, []
         for worker in idle:
-            worker.retire()
+            worker.discard()
         if zygote_too:
             with self._zygote_lock:
                 zygote, self._zygote = self._zygote, None

@@ -565,6 +565,12 @@ def test_a_crashed_worker_is_answered_502_and_replaced(fixture_api: Api) -> None
     after = fixture_api.post("/limits/sleep", json={"seconds": 0})
     assert after.status_code == 200, after.text
     assert after.json()["pid"] != before
+    descriptors = len(os.listdir("/proc/self/fd")) if Path("/proc/self/fd").is_dir() else None
+    for _ in range(5):
+        assert_error(fixture_api.post("/limits/crash", json={}), 502, "function_crashed")
+        assert fixture_api.post("/limits/sleep", json={"seconds": 0}).status_code == 200
+    if descriptors is not None:
+        assert len(os.listdir("/proc/self/fd")) <= descriptors, "replaced workers leave no descriptor behind"
 
 
 def test_patched_replaces_code_in_the_workers_until_the_block_ends(
