@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from billing.errors import Conflict
-from billing.invoices import InvoiceRequest, InvoiceStatus
 from billing.invoice_service import create_invoice, invoice_night, void_invoice
+from billing.invoices import InvoiceRequest, InvoiceStatus
 from billing_aws.store import BillingStore
 from tests.integration.conftest import Books, open_books
 
