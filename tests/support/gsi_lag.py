@@ -9,7 +9,7 @@ hides read-your-write bugs. `GsiLag` hooks a boto3 DynamoDB client through botoc
 * every successful write (PutItem, UpdateItem, DeleteItem, TransactWriteItems, BatchWriteItem) is
   remembered per table and item key, with the time it landed and the item as it was just before (read
   with ``ConsistentRead`` through a separate client that is not hooked, so the armed client never sees
-  extra calls);
+  extra calls); a write is lagged from the moment it is sent, and forgotten if it fails;
 * every lagging read is rewritten after moto answered it: an item written within the last
   ``lag_seconds`` (or, with ``hide_all_recent``, at any time since the double was armed or last settled)
   is answered as the index would have shown it before that write: its previous version, if that version
