@@ -15,7 +15,7 @@ from billing.practices import InvoiceCreation, Practice, PracticeSettings, save_
 from billing_aws.store import BillingStore
 from local.aws import LocalAws, provision, start_moto
 from local.template import Resolver, load_template
-from tests.support.gsi_lag import GsiLag
+from tests.support.gsi_lag import ARMED, GsiLag
 
 
 @pytest.fixture(scope="session")
@@ -166,9 +166,11 @@ def gsi_lag(request: pytest.FixtureRequest, store: BillingStore, gsi_lag_options
     if marker is not None:
         options |= marker.kwargs
     double = GsiLag(**options).arm(dynamodb_client(store))
+    ARMED.append(double)
     try:
         yield double
     finally:
+        ARMED.remove(double)
         double.disarm()
         if double.lagged_reads:
             sys.stderr.write(double.summary() + "\n")  # shown with a failing test's captured output

@@ -5,7 +5,7 @@ an index."""
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
@@ -32,17 +32,9 @@ from billing.unit_of_work import UnitOfWork
 from billing_aws.store import BillingStore
 from tests.fakes.gateway import FakeGateway
 from tests.integration.conftest import Books
-from tests.support.gsi_lag import GsiLag
+from tests.support.gsi_lag import indexes_caught_up
 
-_lag: list[GsiLag] = []
-
-
-@pytest.fixture(autouse=True)
-def _index_lag(gsi_lag: GsiLag) -> Iterator[None]:
-    """Every test here runs with index reads trailing their writes, as on AWS."""
-    _lag.append(gsi_lag)
-    yield
-    _lag.remove(gsi_lag)
+pytestmark = pytest.mark.gsi_lag()  # every test here runs with index reads trailing their writes, as on AWS
 
 
 @pytest.fixture
@@ -117,8 +109,7 @@ def _assert_books_balance(books: Books, client_id: str) -> dict[str, int]:
 
     The check lists the client's objects through the index once it has caught up (the code under test never
     waits for it)."""
-    for lag in _lag:
-        lag.settle()
+    indexes_caught_up()
     overview = billing_overview(books.store, books.clock.now(), books.practice, client_id)
     invoices = books.store.invoices_by_id(
         books.practice_id, [i.invoice_id for i in books.store.invoices_of(books.practice_id, client_id)]
@@ -282,7 +273,7 @@ def test_a_reservation_whose_request_died_before_charging_is_swept_by_the_next_p
     books.clock.advance(seconds=LEASE.total_seconds() + 1)
     payment = _pay(books, gateway, client_id, 8000, invoice_ids=[invoice_id])
     assert payment.status is PaymentStatus.SUCCEEDED and len(gateway.charges) == 1
-    _lag[0].settle()
+    indexes_caught_up()
     statuses = sorted(p.status.value for p in books.store.payments_of(books.practice_id, client_id))
     assert statuses == ["canceled", "succeeded"]
     _assert_books_balance(books, client_id)
@@ -340,8 +331,7 @@ def _refund_webhooks(books: Books, gateway: FakeGateway, payment: Any) -> None:
 
 
 def _recorded_refunds(books: Books, client_id: str) -> list[tuple[int, str]]:
-    for lag in _lag:
-        lag.settle()
+    indexes_caught_up()
     return sorted((r.amount_cents, r.status.value) for r in books.store.refunds_of(books.practice_id, client_id))
 
 
@@ -438,7 +428,7 @@ def test_resolving_a_payment_whose_charge_may_still_be_sent_is_refused(books: Bo
     with pytest.raises(Crash):
         _pay(books, gateway, client_id, 3000)
     gateway.charge = real_charge  # type: ignore[method-assign]
-    _lag[0].settle()
+    indexes_caught_up()
     [pending] = books.store.payments_of(books.practice_id, client_id)
     with pytest.raises(Conflict):
         resolve_payment(books.store, gateway, books.clock, books.practice_id, pending.payment_id)

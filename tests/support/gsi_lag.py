@@ -699,3 +699,16 @@ def _unhooked_twin(client: Any) -> Any:
 
 
 __all__ = ["GsiLag", "IndexSchema", "LaggedRead", "ManualClock", "TableSchema"]
+
+
+# The doubles the ``gsi_lag`` fixture has armed (in a plain module: a conftest imported by name would be a
+# second copy of itself, with a list of its own).
+ARMED: list[GsiLag] = []
+
+
+def indexes_caught_up() -> None:
+    """Let the indexes catch up with every write so far, when the double is armed: for a test's own setup
+    (done long before the night it prepares) and its checks (a person looking later), never for the code
+    under test."""
+    for double in ARMED:
+        double.settle()
