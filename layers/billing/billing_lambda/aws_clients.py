@@ -6,7 +6,10 @@ from typing import Any
 import boto3.session
 from botocore.config import Config
 
-_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=3, read_timeout=10)
+# A DynamoDB call takes milliseconds; these bounds only stop a stuck connection from eating the function's
+# 15 s Timeout that the processor's budget shares (billing_stripe/gateway.py). A request cut short leaves a
+# pending payment that its retry, the webhook or the sweeper completes.
+_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5)
 
 
 @cache
