@@ -11,7 +11,8 @@ error shapes and HTTP statuses, idempotency semantics, test PaymentMethods and s
 
 or ``python -m local.stripe_emulator --port 12111 --webhook-url URL --webhook-secret S``.
 
-Only the standard library is used, so it runs with no dependencies. Everything lives in memory.
+Besides the standard library it uses only the billing domain's table of minimum charge amounts
+(``billing.money``, so ``layers/billing`` must be on ``PYTHONPATH``). Everything lives in memory.
 
 Endpoints: ``POST /v1/customers``, ``GET /v1/customers/{id}``, ``GET /v1/customers/{id}/payment_methods``,
 ``POST /v1/payment_methods/{id}/attach|detach``, ``GET /v1/payment_methods/{id}``,
@@ -88,11 +89,20 @@ from collections.abc import Callable, Iterable, Mapping
 from types import FrameType, TracebackType
 from typing import Any
 
+from billing.money import minimum_charge_cents
+
 __all__ = [
     "API_VERSION",
+    "AUTH_REQUIRED",
     "DEFAULT_WEBHOOK_SECRET",
+    "GENERIC_DECLINE",
+    "REFUND_FAILURE_REASONS",
+    "TEST_CARDS",
+    "Decline",
     "StripeEmulator",
     "StripeEmulatorError",
+    "TestCard",
+    "decline_named",
     "main",
     "parse_form",
     "stripe_fee",
@@ -110,10 +120,9 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 _ZERO_DECIMAL = frozenset(
     ("bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf")
 )
-_MINIMUM_AMOUNT = {"usd": 50, "eur": 50, "cad": 50, "aud": 50, "chf": 50, "gbp": 30}
 _CURRENCY_SYMBOL = {"usd": "$", "eur": "€", "gbp": "£", "cad": "$", "aud": "$"}
 _REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
-_REFUND_FAILURE_REASONS = (
+REFUND_FAILURE_REASONS = (
     "charge_for_pending_refund_disputed",
     "declined",
     "expired_or_canceled_card",
@@ -326,7 +335,7 @@ def _expand_param(params: Obj) -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Decline:
+class Decline:
     code: str
     decline_code: str
     message: str
@@ -334,8 +343,8 @@ class _Decline:
 
 
 _DECLINED = "Your card was declined."
-GENERIC_DECLINE = _Decline("card_declined", "generic_decline", _DECLINED)
-_AUTH_REQUIRED = _Decline(
+GENERIC_DECLINE = Decline("card_declined", "generic_decline", _DECLINED)
+AUTH_REQUIRED = Decline(
     "authentication_required",
     "authentication_required",
     "Your card was declined. This transaction requires authentication.",
@@ -343,73 +352,75 @@ _AUTH_REQUIRED = _Decline(
 
 
 @dataclasses.dataclass(frozen=True)
-class _TestCard:
+class TestCard:
+    __test__ = False  # not a pytest test class, should a test module import it
+
     brand: str
     last4: str
     funding: str = "credit"
     country: str = "US"
     # succeed | decline | customer_fail | auth_always | auth_unless_setup | auth_setup_done | processing
     outcome: str = "succeed"
-    decline: _Decline | None = None
+    decline: Decline | None = None
 
     @property
     def display_brand(self) -> str:
         return "american_express" if self.brand == "amex" else self.brand
 
 
-def _declining(last4: str, decline: _Decline) -> _TestCard:
-    return _TestCard("visa", last4, outcome="decline", decline=decline)
+def _declining(last4: str, decline: Decline) -> TestCard:
+    return TestCard("visa", last4, outcome="decline", decline=decline)
 
 
-TEST_CARDS: dict[str, _TestCard] = {
-    "pm_card_visa": _TestCard("visa", "4242"),
-    "pm_card_visa_debit": _TestCard("visa", "5556", funding="debit"),
-    "pm_card_mastercard": _TestCard("mastercard", "4444"),
-    "pm_card_mastercard_debit": _TestCard("mastercard", "8210", funding="debit"),
-    "pm_card_mastercard_prepaid": _TestCard("mastercard", "5100", funding="prepaid"),
-    "pm_card_amex": _TestCard("amex", "8431"),
-    "pm_card_discover": _TestCard("discover", "1117"),
+TEST_CARDS: dict[str, TestCard] = {
+    "pm_card_visa": TestCard("visa", "4242"),
+    "pm_card_visa_debit": TestCard("visa", "5556", funding="debit"),
+    "pm_card_mastercard": TestCard("mastercard", "4444"),
+    "pm_card_mastercard_debit": TestCard("mastercard", "8210", funding="debit"),
+    "pm_card_mastercard_prepaid": TestCard("mastercard", "5100", funding="prepaid"),
+    "pm_card_amex": TestCard("amex", "8431"),
+    "pm_card_discover": TestCard("discover", "1117"),
     "pm_card_chargeDeclined": _declining("0002", GENERIC_DECLINE),
     "pm_card_chargeDeclinedInsufficientFunds": _declining(
         "9995",
-        _Decline("card_declined", "insufficient_funds", "Your card has insufficient funds."),
+        Decline("card_declined", "insufficient_funds", "Your card has insufficient funds."),
     ),
-    "pm_card_chargeDeclinedLostCard": _declining("9987", _Decline("card_declined", "lost_card", _DECLINED)),
-    "pm_card_chargeDeclinedStolenCard": _declining("9979", _Decline("card_declined", "stolen_card", _DECLINED)),
-    "pm_card_chargeDeclinedFraudulent": _declining("0019", _Decline("card_declined", "fraudulent", _DECLINED)),
+    "pm_card_chargeDeclinedLostCard": _declining("9987", Decline("card_declined", "lost_card", _DECLINED)),
+    "pm_card_chargeDeclinedStolenCard": _declining("9979", Decline("card_declined", "stolen_card", _DECLINED)),
+    "pm_card_chargeDeclinedFraudulent": _declining("0019", Decline("card_declined", "fraudulent", _DECLINED)),
     "pm_card_chargeDeclinedExpiredCard": _declining(
-        "0069", _Decline("expired_card", "expired_card", "Your card has expired.", "exp_month")
+        "0069", Decline("expired_card", "expired_card", "Your card has expired.", "exp_month")
     ),
     "pm_card_chargeDeclinedIncorrectCvc": _declining(
         "0127",
-        _Decline("incorrect_cvc", "incorrect_cvc", "Your card's security code is incorrect.", "cvc"),
+        Decline("incorrect_cvc", "incorrect_cvc", "Your card's security code is incorrect.", "cvc"),
     ),
     "pm_card_chargeDeclinedProcessingError": _declining(
         "0119",
-        _Decline(
+        Decline(
             "processing_error",
             "processing_error",
             "An error occurred while processing your card. Try again in a little bit.",
         ),
     ),
-    "pm_card_chargeCustomerFail": _TestCard("visa", "0341", outcome="customer_fail"),
-    "pm_card_authenticationRequired": _TestCard("visa", "3184", outcome="auth_always"),
-    "pm_card_authenticationRequiredOnSetup": _TestCard("visa", "3155", outcome="auth_unless_setup"),
-    "pm_card_authenticationRequiredSetupForOffSession": _TestCard("visa", "0446", outcome="auth_setup_done"),
+    "pm_card_chargeCustomerFail": TestCard("visa", "0341", outcome="customer_fail"),
+    "pm_card_authenticationRequired": TestCard("visa", "3184", outcome="auth_always"),
+    "pm_card_authenticationRequiredOnSetup": TestCard("visa", "3155", outcome="auth_unless_setup"),
+    "pm_card_authenticationRequiredSetupForOffSession": TestCard("visa", "0446", outcome="auth_setup_done"),
     # Emulator-only (Stripe has no such card): every charge ends in `processing` until settle_payment_intent.
-    "pm_card_processing": _TestCard("visa", "0077", outcome="processing"),
+    "pm_card_processing": TestCard("visa", "0077", outcome="processing"),
 }
 
 
-def _decline_named(decline_code: str) -> _Decline:
+def decline_named(decline_code: str) -> Decline:
     """The decline a test card gives for ``decline_code`` (``generic_decline``, ``insufficient_funds``,
     ``expired_card``, ...), or a ``card_declined`` with that decline code."""
     for card in TEST_CARDS.values():
         if card.decline is not None and card.decline.decline_code == decline_code:
             return card.decline
-    if decline_code == _AUTH_REQUIRED.decline_code:
-        return _AUTH_REQUIRED
-    return _Decline("card_declined", decline_code, _DECLINED)
+    if decline_code == AUTH_REQUIRED.decline_code:
+        return AUTH_REQUIRED
+    return Decline("card_declined", decline_code, _DECLINED)
 
 
 @dataclasses.dataclass
@@ -826,7 +837,7 @@ class StripeEmulator:
         """Decline the next ``times`` charge attempts with any card, e.g. ``pickup_card``, which
         has no test card of its own."""
         with self._lock:
-            self._forced_declines.extend([_Decline(code, decline_code, message)] * times)
+            self._forced_declines.extend([Decline(code, decline_code, message)] * times)
 
     def key_in_use_next(self, path_prefix: str = "/v1/", times: int = 1, method: str | None = "POST") -> None:
         """Answer the next ``times`` matching requests with Stripe's 409 ``idempotency_key_in_use`` (as if a
@@ -870,8 +881,8 @@ class StripeEmulator:
     def fail_next_refund(self, failure_reason: str = "lost_or_stolen_card", times: int = 1) -> None:
         """Make the next ``times`` refunds answer ``pending`` and fail with ``failure_reason`` when settled
         (``settle_refund`` / ``settle_refunds``): the card could not take the money back."""
-        if failure_reason not in _REFUND_FAILURE_REASONS:
-            raise ValueError(f"failure_reason must be one of {', '.join(_REFUND_FAILURE_REASONS)}")
+        if failure_reason not in REFUND_FAILURE_REASONS:
+            raise ValueError(f"failure_reason must be one of {', '.join(REFUND_FAILURE_REASONS)}")
         with self._lock:
             self._refund_plans.extend([_RefundPlan(False, failure_reason)] * times)
 
@@ -944,7 +955,7 @@ class StripeEmulator:
         self._drop_hooks: list[_Hook] = []
         self._error_hooks: list[_Hook] = []
         self._latency: list[tuple[str, str | None, float]] = []
-        self._forced_declines: list[_Decline] = []
+        self._forced_declines: list[Decline] = []
         self._in_use_hooks: list[_Hook] = []
         self._processing_next = 0
         self._refund_plans: list[_RefundPlan] = []
@@ -1661,7 +1672,7 @@ class StripeEmulator:
         self._pm_info[pm_id] = _PmInfo(token)
         return pm
 
-    def _card_error(self, decline: _Decline, **extra: Any) -> StripeEmulatorError:
+    def _card_error(self, decline: Decline, **extra: Any) -> StripeEmulatorError:
         return StripeEmulatorError(
             402,
             "card_error",
@@ -1672,7 +1683,7 @@ class StripeEmulator:
             **extra,
         )
 
-    def _attach_decline(self, token: str) -> _Decline | None:
+    def _attach_decline(self, token: str) -> Decline | None:
         card = TEST_CARDS[token]
         if self.decline_cards_fail_attach:
             return card.decline if card.outcome == "decline" else None
@@ -1818,8 +1829,8 @@ class StripeEmulator:
         currency = currency.lower()
         if not re.fullmatch(r"[a-z]{3}", currency):
             raise _invalid(f"Invalid currency: {currency}.", "currency", "parameter_invalid_string")
-        minimum = _MINIMUM_AMOUNT.get(currency)
-        if minimum is not None and amount < minimum:
+        minimum = minimum_charge_cents(currency)
+        if amount < minimum:
             raise _invalid(
                 f"Amount must be at least {_format_money(minimum, currency)} {currency}",
                 "amount",
@@ -1961,7 +1972,7 @@ class StripeEmulator:
         pi["last_payment_error"] = None
         pi["next_action"] = None
 
-        decline: _Decline | None = None
+        decline: Decline | None = None
         needs_action = False
         if self._forced_declines:
             decline = self._forced_declines.pop(0)
@@ -1979,7 +1990,7 @@ class StripeEmulator:
             decline = GENERIC_DECLINE
         elif card.outcome in ("auth_always", "auth_unless_setup"):
             if off_session:
-                decline = _AUTH_REQUIRED
+                decline = AUTH_REQUIRED
             else:
                 needs_action = True
         elif card.outcome == "auth_setup_done" and not off_session:
@@ -2009,7 +2020,7 @@ class StripeEmulator:
             )
         self._succeed_pi(ctx, pi, pm)
 
-    def _decline_pi(self, ctx: _Ctx | None, pi: Obj, pm: Obj, charge: Obj, decline: _Decline) -> None:
+    def _decline_pi(self, ctx: _Ctx | None, pi: Obj, pm: Obj, charge: Obj, decline: Decline) -> None:
         last_error: Obj = {
             "charge": charge["id"],
             "code": decline.code,
@@ -2044,14 +2055,14 @@ class StripeEmulator:
             raise _invalid(f"PaymentIntent {pi_id} is {pi['status']}, not processing: there is nothing to settle.")
         charge = self._charges[pi["latest_charge"]]
         pm = self._pms[charge["payment_method"]]
-        decline: _Decline | None
+        decline: Decline | None
         if succeeded is None and decline_code is None:
             card = TEST_CARDS[self._pm_info[pm["id"]].token]
             decline = card.decline if card.outcome == "decline" else None
             if card.outcome in ("customer_fail", "auth_always", "auth_unless_setup"):
-                decline = GENERIC_DECLINE if card.outcome == "customer_fail" else _AUTH_REQUIRED
+                decline = GENERIC_DECLINE if card.outcome == "customer_fail" else AUTH_REQUIRED
         elif succeeded is False or (succeeded is None and decline_code):
-            decline = _decline_named(decline_code or "generic_decline")
+            decline = decline_named(decline_code or "generic_decline")
         else:
             decline = None
         self._finish_charge(charge, decline)
@@ -2102,7 +2113,7 @@ class StripeEmulator:
 
     # ---- charges -------------------------------------------------------------------------------
 
-    def _create_charge(self, pi: Obj, pm: Obj, decline: _Decline | None, *, pending: bool = False) -> Obj:
+    def _create_charge(self, pi: Obj, pm: Obj, decline: Decline | None, *, pending: bool = False) -> Obj:
         """The PaymentIntent's charge: ``pending`` (not final: no money has moved) or finished by ``decline``."""
         now = self._now()
         charge_id = _new_id("ch_")
@@ -2172,7 +2183,7 @@ class StripeEmulator:
             self._finish_charge(charge, decline)
         return charge
 
-    def _finish_charge(self, charge: Obj, decline: _Decline | None) -> None:
+    def _finish_charge(self, charge: Obj, decline: Decline | None) -> None:
         """A pending charge succeeds (paid, with its fee on a balance transaction) or is declined."""
         amount = charge["amount"]
         succeeded = decline is None
@@ -2378,8 +2389,8 @@ class StripeEmulator:
             refund["destination_details"]["card"]["reference"] = reference
         else:
             reason = failure_reason or plan.failure_reason or "unknown"
-            if reason not in _REFUND_FAILURE_REASONS:
-                raise _invalid(f"Invalid failure_reason: must be one of {', '.join(_REFUND_FAILURE_REASONS)}")
+            if reason not in REFUND_FAILURE_REASONS:
+                raise _invalid(f"Invalid failure_reason: must be one of {', '.join(REFUND_FAILURE_REASONS)}")
             txn_id = _new_id("txn_")
             self._txns[txn_id] = _balance_transaction(
                 txn_id,

@@ -4,12 +4,13 @@ for domain tests with the network off.
 It behaves like ``billing_stripe.StripeGateway`` talking to Stripe (or to ``local/stripe_emulator.py``; the
 two are checked against each other in ``tests/unit/test_fake_gateway.py``):
 
-- Stripe's test PaymentMethods: ``pm_card_visa`` (and the other good cards) succeed;
-  ``pm_card_chargeDeclined`` declines ``generic_decline``, ``pm_card_chargeDeclinedInsufficientFunds``
-  ``insufficient_funds``, ``...ExpiredCard`` ``expired_card``, ``...LostCard`` / ``...StolenCard``
-  ``lost_card`` / ``stolen_card``, ``pm_card_authenticationRequired`` declines ``authentication_required``
-  off-session, ``pm_card_chargeCustomerFail`` is refused when attached; ``pm_card_processing`` (emulator-only)
-  leaves every charge ``processing``. Attaching a token makes a new card (``pm_fake...``) for the customer.
+- Stripe's test PaymentMethods, the emulator's catalogue (``local.stripe_emulator.TEST_CARDS``):
+  ``pm_card_visa`` (and the other good cards) succeed; ``pm_card_chargeDeclined`` declines ``generic_decline``,
+  ``pm_card_chargeDeclinedInsufficientFunds`` ``insufficient_funds``, ``...ExpiredCard`` ``expired_card``,
+  ``...LostCard`` / ``...StolenCard`` ``lost_card`` / ``stolen_card``, ``pm_card_authenticationRequired`` (and
+  ``...OnSetup``) declines ``authentication_required`` off-session, ``pm_card_chargeCustomerFail`` is refused
+  when attached; ``pm_card_processing`` (emulator-only) leaves every charge ``processing``. Attaching a token
+  makes a new card (``pm_fake...``) for the customer.
 - Idempotency keys, shared by every operation as at Stripe: the same key with the same parameters answers
   the first result again (a snapshot: a replayed ``processing`` charge stays ``processing``); with other
   parameters (or another operation) it is ``Conflict(code="idempotency_key_reused")``. Requests refused
@@ -61,7 +62,18 @@ from billing.gateway import (
     REFUND_SUCCEEDED,
     RefundResult,
 )
+from billing.money import minimum_charge_cents
 from billing_stripe.gateway import safe_metadata
+from local.stripe_emulator import (
+    AUTH_REQUIRED,
+    GENERIC_DECLINE,
+    REFUND_FAILURE_REASONS,
+    TEST_CARDS,
+    Decline,
+    TestCard,
+    decline_named,
+    stripe_fee,
+)
 
 OPERATIONS = (
     "create_customer",
@@ -93,94 +105,17 @@ _FAULTS_OF = {
     "charge": _ANY_OPERATION | {PROCESSING},
     "refund": _ANY_OPERATION | {REFUND_PENDING_FAULT, REFUND_FAILS},
 }
-REFUND_FAILURE_REASONS = (
-    "charge_for_pending_refund_disputed",
-    "declined",
-    "expired_or_canceled_card",
-    "insufficient_funds",
-    "lost_or_stolen_card",
-    "merchant_request",
-    "unknown",
-)
-_MINIMUM_CENTS = {"usd": 50, "eur": 50, "cad": 50, "aud": 50, "chf": 50, "gbp": 30}
 
 
-def stripe_fee(amount_cents: int) -> int:
-    """Stripe's standard card fee: 2.9% (rounded half up) + 30 (the emulator's too)."""
-    return (amount_cents * 29 + 500) // 1000 + 30
-
-
-# ---- test cards ------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Decline:
-    code: str
-    decline_code: str
-    message: str
-
-
-_DECLINED = "Your card was declined."
-_GENERIC = _Decline("card_declined", "generic_decline", _DECLINED)
-_AUTH_REQUIRED = _Decline(
-    "authentication_required",
-    "authentication_required",
-    "Your card was declined. This transaction requires authentication.",
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class _TestCard:
-    brand: str
-    last4: str
-    decline: _Decline | None = None
-    fails_at_attach: bool = False
-    processing: bool = False
-
-
-def _declining(last4: str, decline: _Decline) -> _TestCard:
-    return _TestCard("visa", last4, decline=decline)
-
-
-TEST_CARDS: dict[str, _TestCard] = {
-    "pm_card_visa": _TestCard("visa", "4242"),
-    "pm_card_visa_debit": _TestCard("visa", "5556"),
-    "pm_card_mastercard": _TestCard("mastercard", "4444"),
-    "pm_card_amex": _TestCard("amex", "8431"),
-    "pm_card_discover": _TestCard("discover", "1117"),
-    "pm_card_chargeDeclined": _declining("0002", _GENERIC),
-    "pm_card_chargeDeclinedInsufficientFunds": _declining(
-        "9995", _Decline("card_declined", "insufficient_funds", "Your card has insufficient funds.")
-    ),
-    "pm_card_chargeDeclinedLostCard": _declining("9987", _Decline("card_declined", "lost_card", _DECLINED)),
-    "pm_card_chargeDeclinedStolenCard": _declining("9979", _Decline("card_declined", "stolen_card", _DECLINED)),
-    "pm_card_chargeDeclinedFraudulent": _declining("0019", _Decline("card_declined", "fraudulent", _DECLINED)),
-    "pm_card_chargeDeclinedExpiredCard": _declining(
-        "0069", _Decline("expired_card", "expired_card", "Your card has expired.")
-    ),
-    "pm_card_chargeDeclinedIncorrectCvc": _declining(
-        "0127", _Decline("incorrect_cvc", "incorrect_cvc", "Your card's security code is incorrect.")
-    ),
-    "pm_card_chargeDeclinedProcessingError": _declining(
-        "0119",
-        _Decline(
-            "processing_error",
-            "processing_error",
-            "An error occurred while processing your card. Try again in a little bit.",
-        ),
-    ),
-    "pm_card_authenticationRequired": _declining("3184", _AUTH_REQUIRED),
-    "pm_card_chargeCustomerFail": _TestCard("visa", "0341", decline=_GENERIC, fails_at_attach=True),
-    # Emulator-only (not a Stripe token): every charge ends ``processing`` until settled.
-    "pm_card_processing": _TestCard("visa", "0077", processing=True),
-}
-
-
-def _decline_named(decline_code: str) -> _Decline:
-    for card in TEST_CARDS.values():
-        if card.decline is not None and card.decline.decline_code == decline_code:
-            return card.decline
-    return _Decline("card_declined", decline_code, _DECLINED)
+def _off_session_decline(card: TestCard) -> Decline | None:
+    """How ``card`` answers an off-session charge (the only kind the gateway makes), as the emulator does."""
+    if card.outcome == "decline":
+        return card.decline
+    if card.outcome == "customer_fail":
+        return GENERIC_DECLINE
+    if card.outcome in ("auth_always", "auth_unless_setup"):
+        return AUTH_REQUIRED
+    return None  # succeed, auth_setup_done (set up for off-session use), processing (settled later)
 
 
 # ---- what callers get (the protocol's result shapes) ---------------------------------------------
@@ -244,7 +179,7 @@ class FakePaymentIntent:
     charge_id: str
     created: int
     stripe_status: str = "succeeded"
-    decline: _Decline | None = None
+    decline: Decline | None = None
     amount_refunded_cents: int = 0
 
     @property
@@ -317,7 +252,7 @@ class FakeGateway:
         self._refund_plans: dict[str, _Fault | None] = {}
         self._idem: dict[str, _Saved] = {}
         self._faults: dict[str, list[_Fault]] = {operation: [] for operation in OPERATIONS}
-        self._declines: list[_Decline] = []
+        self._declines: list[Decline] = []
         self.events: list[dict[str, Any]] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
@@ -339,7 +274,7 @@ class FakeGateway:
     def decline_next_charge(self, decline_code: str = "generic_decline", times: int = 1) -> None:
         """Decline the next ``times`` charges whatever the card (``pickup_card``, ``lost_card``, ...)."""
         with self._lock:
-            self._declines.extend([_decline_named(decline_code)] * times)
+            self._declines.extend([decline_named(decline_code)] * times)
 
     def forget_idempotency_keys(self) -> int:
         """Stripe forgets idempotency keys after 24 hours: the same key then runs again. Returns how many."""
@@ -364,7 +299,7 @@ class FakeGateway:
                 self._emit("payment_intent.succeeded", self._intent_object(intent))
             else:
                 intent.stripe_status = "requires_payment_method"
-                intent.decline = _decline_named(decline_code)
+                intent.decline = decline_named(decline_code)
                 self._emit("payment_intent.payment_failed", self._intent_object(intent))
             return intent.outcome()
 
@@ -471,8 +406,8 @@ class FakeGateway:
                 raise _resource_missing(f"No such customer: '{customer_id}'")
             if payment_method_id in TEST_CARDS:
                 card = TEST_CARDS[payment_method_id]
-                if card.fails_at_attach:
-                    raise PaymentDeclined(_DECLINED, decline_code=_GENERIC.decline_code)
+                if card.outcome == "customer_fail":
+                    raise PaymentDeclined(GENERIC_DECLINE.message, decline_code=GENERIC_DECLINE.decline_code)
                 method = _Method(self._new_id("pm_fake"), payment_method_id, customer_id)
                 self._methods[method.id] = method
             else:
@@ -526,8 +461,7 @@ class FakeGateway:
         }
 
         def create(fault: _Fault | None) -> FakeCharge:
-            minimum = _MINIMUM_CENTS.get(currency)
-            if minimum is not None and amount_cents < minimum:
+            if amount_cents < minimum_charge_cents(currency):
                 raise _invalid("Amount must be at least the processor's minimum.", "amount_too_small")
             if customer_id not in self.customers:
                 raise _resource_missing(f"No such customer: '{customer_id}'")
@@ -552,10 +486,10 @@ class FakeGateway:
             self._intents[intent.id] = intent
             if self._declines:
                 intent.decline = self._declines.pop(0)
-            elif (fault is not None and fault.kind == PROCESSING) or card.processing:
+            elif (fault is not None and fault.kind == PROCESSING) or card.outcome == "processing":
                 intent.stripe_status = "processing"
             else:
-                intent.decline = card.decline
+                intent.decline = _off_session_decline(card)
             if intent.decline is not None:
                 intent.stripe_status = "requires_payment_method"
                 self._emit("payment_intent.payment_failed", self._intent_object(intent))
