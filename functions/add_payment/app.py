@@ -8,7 +8,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import TypeAdapter, ValidationError
 
-from billing import cards, payment_service, refund_service
+from billing import autopay, cards, payment_service, refund_service
 from billing.cards import Card, CardRequest
 from billing.clients import require_client
 from billing.errors import InvalidRequest
@@ -116,7 +116,9 @@ def post_card(client_id: PathId, request: CardRequest) -> Card:
 
 @app.delete("/clients/<client_id>/cards/<card_id>", tags=["Cards"], summary="Remove a card on file")
 def delete_card(client_id: PathId, card_id: PathId):  # returns a bare Response: it is not a pydantic model
-    cards.remove_card(wiring.store(), wiring.gateway(), clinician(app).practice_id, client_id, card_id)
+    practice_id = clinician(app).practice_id
+    cards.remove_card(wiring.store(), wiring.gateway(), practice_id, client_id, card_id)
+    autopay.card_removed(wiring.store(), practice_id, client_id, card_id)
     return Response(status_code=204)
 
 

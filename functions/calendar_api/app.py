@@ -7,7 +7,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from billing import accounts, calendar, clients, practices
+from billing import accounts, autopay, calendar, clients, practices
 from billing.accounts import BillingOverview
 from billing.calendar import Appointment, AppointmentChange, AppointmentRequest
 from billing.clients import Client, ClientDetails
@@ -22,9 +22,11 @@ app = build_resolver()
 @app.put("/practice", tags=["Practice"], summary="Create or update the practice and its billing settings")
 def put_practice(settings: PracticeSettings) -> Practice:
     caller = clinician(app)
-    return practices.save_practice(
-        wiring.store(), wiring.nightly_schedules(), wiring.clock, caller.practice_id, settings
-    )
+    store = wiring.store()
+    before = store.get_practice(caller.practice_id)
+    saved = practices.save_practice(store, wiring.nightly_schedules(), wiring.clock, caller.practice_id, settings)
+    autopay.practice_saved(store, before, saved)
+    return saved
 
 
 @app.get("/practice", tags=["Practice"], summary="The practice and its billing settings")

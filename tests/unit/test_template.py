@@ -248,7 +248,7 @@ def test_functions_match_the_architecture_contract(
     assert declared == documented
 
 
-def test_scheduler_may_invoke_only_the_daily_invoices_entry(template: Template) -> None:
+def test_scheduler_may_invoke_only_the_nightly_entries(template: Template) -> None:
     role = template["Resources"]["SchedulerInvokeRole"]["Properties"]
     (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
     assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
@@ -257,7 +257,10 @@ def test_scheduler_may_invoke_only_the_daily_invoices_entry(template: Template) 
     assert {action for s in statements for action in as_list(s["Action"])} == {"lambda:InvokeFunction"}
     for statement in statements:
         for resource in as_list(statement["Resource"]):
-            assert "DailyInvoicesFunction" in str(resource), resource
+            assert any(entry in str(resource) for entry in NIGHTLY_ENTRIES), resource
+
+
+NIGHTLY_ENTRIES = ("DailyInvoicesFunction", "AutoPayFunction")
 
 
 def test_stripe_secret_in_template_is_an_empty_placeholder(template: Template) -> None:

@@ -4,10 +4,12 @@ Balance = Σ live invoice totals - Σ succeeded payments + Σ refunds (negative 
 """
 
 from datetime import date, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel
 
+from billing import autopay
+from billing.autopay import AutoPayStore, AutoPayView
 from billing.calendar import Appointment
 from billing.cards import Card
 from billing.clients import ClientStore, require_client
@@ -27,13 +29,6 @@ class Account(BaseModel):
     @property
     def balance_cents(self) -> int:
         return self.invoiced_cents - self.paid_cents + self.refunded_cents
-
-
-class AutoPayState(BaseModel):
-    enabled: bool = False
-    card_id: str | None = None
-    consecutive_failures: int = 0
-    last_attempt: dict[str, Any] | None = None
 
 
 class UninvoicedAppointment(BaseModel):
@@ -68,11 +63,11 @@ class BillingOverview(BaseModel):
     unpaid_invoices: list[UnpaidInvoice]
     uninvoiced_appointments: list[UninvoicedAppointment]
     cards: list[Card]
-    autopay: AutoPayState
+    autopay: AutoPayView
     as_of: datetime
 
 
-class AccountStore(ClientStore, Protocol):
+class AccountStore(AutoPayStore, ClientStore, Protocol):
     def cards_of(self, practice_id: str, client_id: str) -> list[Card]: ...
 
     def open_invoice_ids(self, practice_id: str, client_id: str) -> list[str]: ...
@@ -122,6 +117,6 @@ def billing_overview(store: AccountStore, now: datetime, practice: Practice, cli
             for a in uninvoiced
         ],
         cards=store.cards_of(practice_id, client_id),
-        autopay=AutoPayState(),
+        autopay=autopay.view(store, practice, client_id, today),
         as_of=now,
     )

@@ -7,6 +7,8 @@ nothing.
 
 from enum import StrEnum
 
+from billing import autopay
+from billing.autopay import AutoPayStore
 from billing.books import Books
 from billing.gateway import ChargeResult, PaymentGateway
 from billing.localtime import Clock
@@ -50,8 +52,11 @@ def reconcile_refunds(
     return Reconciled.REFUNDS_RECORDED
 
 
-def record_dispute(books: Books, practice_id: str, payment_id: str, disputed_cents: int) -> Reconciled:
-    """Flag a disputed payment (the money is held by the processor until the dispute is decided)."""
+def record_dispute(books: AutoPayStore, practice_id: str, payment_id: str, disputed_cents: int) -> Reconciled:
+    """Flag a disputed payment (the money is held by the processor until the dispute is decided); a dispute
+    ends the client's AutoPay at once."""
+    disputed = books.get_payment(practice_id, payment_id)
+    payment_client = disputed.client_id if disputed is not None else None
 
     def attempt() -> Reconciled:
         payment = books.get_payment(practice_id, payment_id)
@@ -62,4 +67,7 @@ def record_dispute(books: Books, practice_id: str, payment_id: str, disputed_cen
         books.commit(UnitOfWork(practice_id).change(payment, payment.next(disputed_cents=disputed_cents)))
         return Reconciled.DISPUTE_RECORDED
 
-    return optimistic(attempt)
+    outcome = optimistic(attempt)
+    if outcome is Reconciled.DISPUTE_RECORDED and payment_client is not None:
+        autopay.end_enrolment(books, practice_id, payment_client, "a payment was disputed")
+    return outcome

@@ -86,3 +86,16 @@ def uninvoiced_gsi3pk(practice_id: str) -> str:
 
 def uninvoiced_gsi3sk(day: date, appointment_id: str) -> str:
     return f"{day.isoformat()}#{appointment_id}"
+
+
+# GSI3 (sparse): a practice's clients enrolled in AutoPay (the night's work list).
+def autopay_gsi3pk(practice_id: str) -> str:
+    return f"PRACTICE#{practice_id}#AUTOPAY"
+
+
+def autopay_attempt_sk(business_date: date, client_id: str) -> str:
+    return f"{autopay_attempts_prefix(business_date)}{client_id}"
+
+
+def autopay_attempts_prefix(business_date: date) -> str:
+    return f"AUTOPAY_ATTEMPT#{business_date.isoformat()}#"

@@ -2,12 +2,13 @@
 
 import json
 from collections.abc import Mapping
+from datetime import date, datetime, time
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from billing.localtime import Clock
-from billing.nightly import NightlyJob, nightly_run_time
+from billing.nightly import LATEST_LOCAL_TIME, NightlyJob, nightly_run_time
 
 SCHEDULED_TIME_PLACEHOLDER = "<aws.scheduler.scheduled-time>"
 
@@ -20,6 +21,16 @@ def schedule_name(job: NightlyJob, timezone: str) -> str:
 def schedule_input(job: NightlyJob, timezone: str) -> dict[str, str]:
     """What the entry function receives; the Scheduler fills in the instant it fired for."""
     return {"schedule": job.value, "timezone": timezone, "scheduled_time": SCHEDULED_TIME_PLACEHOLDER}
+
+
+def retry_policy(job: NightlyJob, run_at: time) -> dict[str, int]:
+    """How long Scheduler keeps retrying a missed invocation. AutoPay's retries end before its 00:00-06:00 window
+    does (the worker also refuses to charge outside it); other jobs may catch up within the hour."""
+    age = 3600
+    if job is NightlyJob.AUTOPAY:
+        until_window_ends = datetime.combine(date.min, LATEST_LOCAL_TIME) - datetime.combine(date.min, run_at)
+        age = max(60, min(age, int(until_window_ends.total_seconds()) - 300))
+    return {"MaximumEventAgeInSeconds": age, "MaximumRetryAttempts": 10}
 
 
 class NightlySchedules:
@@ -48,7 +59,7 @@ class NightlySchedules:
                         "Arn": target_arn,
                         "RoleArn": self._role_arn,
                         "Input": json.dumps(schedule_input(job, timezone)),
-                        "RetryPolicy": {"MaximumEventAgeInSeconds": 3600, "MaximumRetryAttempts": 10},
+                        "RetryPolicy": retry_policy(job, run_at),
                     },
                 )
             except ClientError as error:

@@ -7,6 +7,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from billing.accounts import Account
+from billing.autopay import Attempt, AutoPayState
 from billing.calendar import Appointment, AppointmentStatus
 from billing.cards import Card
 from billing.clients import Client
@@ -26,6 +27,7 @@ ACCOUNT_FIELDS = ("invoiced_cents", "paid_cents", "refunded_cents", "unallocated
 OPEN_INVOICES = "open_invoices"
 CREDIT_PAYMENTS = "credit_payments"
 CARDS = "cards"
+AUTOPAY = "autopay"
 # What a practice item's settings are: exactly these fields are written by save_practice, nothing else
 # (the invoice counter beside them is moved only by the transaction that issues an invoice).
 _PRACTICE_FIELDS = (*PracticeSettings.model_fields, "practice_id", "created_at", "updated_at")
@@ -119,6 +121,65 @@ class BillingStore:
         self._db.put_item(
             TableName=self._table, Item=to_attributes(values), ConditionExpression="attribute_not_exists(PK)"
         )
+
+    def get_autopay(self, practice_id: str, client_id: str) -> AutoPayState:
+        found = self._get(practice_id, keys.client_sk(client_id)) or {}
+        return AutoPayState.model_validate(found.get(AUTOPAY) or {})
+
+    def save_autopay(self, practice_id: str, client_id: str, state: AutoPayState) -> None:
+        """Write the client's AutoPay state if it is still the version it was planned from; an enrolled client
+        sits in the practice's sparse AutoPay index (the night's work list), others do not."""
+        names = {"#ap": AUTOPAY, "#v": "version"}
+        values: dict[str, Any] = {":state": to_value(record_attributes(state))}
+        if state.version <= 1:
+            condition = "attribute_exists(PK) AND attribute_not_exists(#ap)"
+        else:
+            condition = "#ap.#v = :previous"
+            values[":previous"] = to_value(state.version - 1)
+        if state.enabled:
+            update = "SET #ap = :state, GSI3PK = :work_list, GSI3SK = :client"
+            values |= {":work_list": to_value(keys.autopay_gsi3pk(practice_id)), ":client": to_value(client_id)}
+        else:
+            update = "SET #ap = :state REMOVE GSI3PK, GSI3SK"
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=to_attributes(keys.key(practice_id, keys.client_sk(client_id))),
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if is_condition_failure(error):
+                raise StaleState("the client's AutoPay changed meanwhile; retry") from error
+            raise
+
+    def enrolled_clients(self, practice_id: str) -> list[str]:
+        found = self._query(
+            IndexName="GSI3",
+            KeyConditionExpression="GSI3PK = :pk",
+            ExpressionAttributeValues={":pk": to_value(keys.autopay_gsi3pk(practice_id))},
+            ProjectionExpression="client_id",
+        )
+        return sorted({str(item["client_id"]) for item in found})
+
+    def record_attempt(self, practice_id: str, attempt: Attempt) -> None:
+        """The night's outcome for one client (a repeat of the night writes the same row again)."""
+        sort_key = keys.autopay_attempt_sk(attempt.business_date, attempt.client_id)
+        item = record_attributes(attempt) | keys.key(practice_id, sort_key) | {"kind": "autopay_attempt"}
+        self._db.put_item(TableName=self._table, Item=to_attributes(item))
+
+    def attempts_on(self, practice_id: str, business_date: date) -> list[Attempt]:
+        found = self._query(
+            KeyConditionExpression="PK = :pk AND begins_with(SK, :prefix)",
+            ExpressionAttributeValues={
+                ":pk": to_value(keys.practice_pk(practice_id)),
+                ":prefix": to_value(keys.autopay_attempts_prefix(business_date)),
+            },
+            ConsistentRead=True,
+        )
+        return [Attempt.model_validate(item) for item in found]
 
     def get_account(self, practice_id: str, client_id: str) -> Account:
         found = self._get(practice_id, keys.client_sk(client_id)) or {}

@@ -19,10 +19,15 @@ class CalendarSettings(FunctionSettings):
     schedule_group_name: str = Field(alias="SCHEDULE_GROUP_NAME", min_length=1)
     scheduler_role_arn: str = Field(alias="SCHEDULER_ROLE_ARN", min_length=1)
     daily_invoices_function_arn: str = Field(alias="DAILY_INVOICES_FUNCTION_ARN", min_length=1)
+    autopay_function_arn: str = Field(alias="AUTOPAY_FUNCTION_ARN", min_length=1)
 
 
 class DailyInvoicesSettings(FunctionSettings):
     daily_invoices_queue_url: str = Field(alias="DAILY_INVOICES_QUEUE_URL", min_length=1)
+
+
+class AutoPaySettings(FunctionSettings):
+    autopay_queue_url: str = Field(alias="AUTOPAY_QUEUE_URL", min_length=1)
 
 
 class WebhookSettings(FunctionSettings):

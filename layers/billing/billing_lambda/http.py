@@ -108,6 +108,7 @@ class Tenant(BaseModel):
     practice_id: str
     role: str
     client_id: str | None = None
+    user_id: str = ""  # the token's subject: who acted (kept with consents), never a name
 
 
 def tenant(app: APIGatewayHttpResolver) -> Tenant:
@@ -116,7 +117,8 @@ def tenant(app: APIGatewayHttpResolver) -> Tenant:
     if not re.fullmatch(_ID_PATTERN, practice_id) or len(practice_id) > 64:
         raise Forbidden("the token names no practice", code="no_practice")
     client_id = claims.get("custom:client_id")
-    return Tenant(practice_id=practice_id, role=str(claims.get("custom:role") or ""), client_id=client_id)
+    role = str(claims.get("custom:role") or "")
+    return Tenant(practice_id=practice_id, role=role, client_id=client_id, user_id=str(claims.get("sub") or ""))
 
 
 def clinician(app: APIGatewayHttpResolver) -> Tenant:

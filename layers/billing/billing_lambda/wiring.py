@@ -36,7 +36,10 @@ def nightly_schedules() -> NightlySchedules:
         clock,
         group_name=settings.schedule_group_name,
         role_arn=settings.scheduler_role_arn,
-        targets={NightlyJob.DAILY_INVOICES: settings.daily_invoices_function_arn},
+        targets={
+            NightlyJob.DAILY_INVOICES: settings.daily_invoices_function_arn,
+            NightlyJob.AUTOPAY: settings.autopay_function_arn,
+        },
     )
 
 

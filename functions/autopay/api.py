@@ -1,0 +1,46 @@
+"""AutoPay for staff: enrol a client (consent recorded), the evening preview, and the nightly report."""
+
+from datetime import date
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from billing import autopay
+from billing.autopay import Attempt, AutoPayRequest, AutoPayView, PreviewCharge
+from billing_lambda import wiring
+from billing_lambda.http import PathId, build_resolver, clinician
+from billing_lambda.observability import logger, metrics, tracer
+
+app = build_resolver()
+
+
+@app.put("/clients/<client_id>/autopay", tags=["AutoPay"], summary="Enrol one client in AutoPay, or end it")
+def put_autopay(client_id: PathId, request: AutoPayRequest) -> AutoPayView:
+    caller = clinician(app)
+    practice = wiring.practice(caller.practice_id)
+    state = autopay.set_autopay(wiring.store(), wiring.clock, practice, client_id, request, caller.user_id)
+    metrics.add_metric(name="AutoPayEnrolled" if state.enabled else "AutoPayEnded", unit="Count", value=1)
+    return state
+
+
+@app.get("/autopay/preview", tags=["AutoPay"], summary="What the night of a business date will charge")
+def get_preview(day: Annotated[date, Query(alias="date")]) -> dict[str, Any]:
+    practice = wiring.practice(clinician(app).practice_id)
+    charges: list[PreviewCharge] = autopay.preview(wiring.store(), practice, day)
+    return {"date": day.isoformat(), "charges": [c.model_dump() for c in charges]}
+
+
+@app.get("/autopay/runs", tags=["AutoPay"], summary="Every AutoPay outcome of a business date")
+def get_runs(day: Annotated[date, Query(alias="date")]) -> dict[str, Any]:
+    practice_id = clinician(app).practice_id
+    outcomes: list[Attempt] = autopay.night_report(wiring.store(), practice_id, day)
+    return {"date": day.isoformat(), "outcomes": [o.model_dump(mode="json") for o in outcomes]}
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,41 @@
+"""AutoPay, entry: fired per time zone by EventBridge Scheduler inside 00:00-06:00 local; one SQS message per
+enrolled client of the zone's practices (found through the sparse AutoPay index, no Scan)."""
+
+import json
+from typing import Any
+
+from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from billing.nightly import NightlyRun, business_date
+from billing_lambda import wiring
+from billing_lambda.aws_clients import client
+from billing_lambda.config import AutoPaySettings, load_settings
+from billing_lambda.observability import logger, metrics, tracer
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    run = parse(event=event, model=NightlyRun)
+    day = business_date(run.scheduled_time, run.timezone)
+    store = wiring.store()
+    nights = [
+        {"practice_id": practice.practice_id, "client_id": client_id, "business_date": day.isoformat()}
+        for practice in store.practices_in_zone(run.timezone)
+        if practice.autopay_enabled
+        for client_id in store.enrolled_clients(practice.practice_id)
+    ]
+    queue_url = load_settings(AutoPaySettings).autopay_queue_url
+    sqs = client("sqs")
+    for start in range(0, len(nights), 10):
+        entries = [
+            {"Id": str(i), "MessageBody": json.dumps(night)} for i, night in enumerate(nights[start : start + 10])
+        ]
+        response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+        if response.get("Failed"):
+            raise RuntimeError(f"{len(response['Failed'])} AutoPay messages were not queued")  # Scheduler retries
+    logger.info("autopay queued", extra={"timezone": run.timezone, "clients": len(nights)})
+    metrics.add_metric(name="AutoPayClientsQueued", unit="Count", value=len(nights))
+    return {"timezone": run.timezone, "business_date": day.isoformat(), "clients": len(nights)}
