@@ -389,8 +389,12 @@ def run_schedule(
     if function_id is None:
         raise TargetNotFound(f"schedule target {target_arn} is not a function of the template")
     target_input = schedule_input(schedule)
+    event = schedule_event(schedule, scheduled_time)
+    if isinstance(event, dict):
+        # Simulated time: the run happens at ``scheduled_time`` (in AWS the entry reads its own clock instead).
+        event["invoked_at"] = format_scheduled_time(scheduled_time)
     with _FIRE_LOCK:
-        entry = invoke(function_id, schedule_event(schedule, scheduled_time))
+        entry = invoke(function_id, event)
         report = drain_queues(sqs, targets, invoke)
     return {
         "schedule": target_input.get("schedule"),

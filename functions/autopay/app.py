@@ -20,9 +20,15 @@ from billing_lambda.observability import logger, metrics, tracer
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     run = parse(event=event, model=NightlyRun)
     day = business_date(run.scheduled_time, run.timezone)
+    attempt_at = (run.invoked_at or wiring.clock.now()).isoformat()
     store = wiring.store()
     nights = [
-        {"practice_id": practice.practice_id, "client_id": client_id, "business_date": day.isoformat()}
+        {
+            "practice_id": practice.practice_id,
+            "client_id": client_id,
+            "business_date": day.isoformat(),
+            "at": attempt_at,
+        }
         for practice in store.practices_in_zone(run.timezone)
         if practice.autopay_enabled
         for client_id in store.enrolled_clients(practice.practice_id)

@@ -1,13 +1,13 @@
 """AutoPay, worker: one SQS message = one client's night. A processor outage fails the message (retried while
 the window lasts, then the DLQ); every other outcome is recorded and reported."""
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 
 from billing import autopay
 from billing_lambda import wiring
@@ -21,12 +21,26 @@ class ClientNight(BaseModel):
     practice_id: str
     client_id: str
     business_date: date
+    at: AwareDatetime  # when the night's entry ran
+
+
+def _attempt_at(night: ClientNight, record: SQSRecord) -> datetime:
+    """When this attempt happens: the entry's instant plus how long the message has waited (a redelivery an
+    hour later is an hour later), so the 00:00-06:00 window is judged on the real moment of the charge."""
+    sent = datetime.fromtimestamp(int(record.attributes.sent_timestamp) / 1000, UTC)
+    return night.at + max(timedelta(0), wiring.clock.now() - sent)
 
 
 def charge_client_night(record: SQSRecord) -> None:
     night = ClientNight.model_validate_json(record.body)
     attempt = autopay.charge_night(
-        wiring.store(), wiring.gateway(), wiring.clock, night.practice_id, night.client_id, night.business_date
+        wiring.store(),
+        wiring.gateway(),
+        wiring.clock,
+        night.practice_id,
+        night.client_id,
+        night.business_date,
+        _attempt_at(night, record),
     )
     outcome = attempt.outcome.value if attempt.reason is None else f"{attempt.outcome.value}_{attempt.reason}"
     _summary[attempt.outcome.value] = _summary.get(attempt.outcome.value, 0) + 1

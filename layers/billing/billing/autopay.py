@@ -222,12 +222,19 @@ def _skip(client_id: str, business_date: date, reason: str, now: datetime) -> At
 
 
 def charge_night(
-    books: AutoPayStore, gateway: PaymentGateway, clock: Clock, practice_id: str, client_id: str, business_date: date
+    books: AutoPayStore,
+    gateway: PaymentGateway,
+    clock: Clock,
+    practice_id: str,
+    client_id: str,
+    business_date: date,
+    at: datetime | None = None,
 ) -> Attempt:
     """One client's AutoPay for one night: charge the whole balance once, or say why not. Safe to repeat: the
-    payment is made at most once, and the night is counted once in the client's state."""
+    payment is made at most once, and the night is counted once in the client's state. ``at`` is when this
+    attempt happens (default: now); outside 00:00-06:00 local on the business date nothing is charged."""
     practice = existing(books.get_practice(practice_id), "practice", practice_id)
-    attempt = _night(books, gateway, clock, practice, client_id, business_date)
+    attempt = _night(books, gateway, clock, practice, client_id, business_date, at or clock.now())
     books.record_attempt(practice_id, attempt)
     if attempt.reason != "outside_window":  # a late retry is no attempt at all
         _count(books, practice_id, client_id, attempt)
@@ -235,9 +242,15 @@ def charge_night(
 
 
 def _night(
-    books: AutoPayStore, gateway: PaymentGateway, clock: Clock, practice: Practice, client_id: str, day: date
+    books: AutoPayStore,
+    gateway: PaymentGateway,
+    clock: Clock,
+    practice: Practice,
+    client_id: str,
+    day: date,
+    now: datetime,
 ) -> Attempt:
-    practice_id, now = practice.practice_id, clock.now()
+    practice_id = practice.practice_id
     if not in_window(now, practice.timezone, day):
         return _skip(client_id, day, "outside_window", now)
     state = books.get_autopay(practice_id, client_id)

@@ -17,11 +17,13 @@ from billing.localtime import TimezoneName, UtcInstant, local_date
 class NightlyJob(StrEnum):
     DAILY_INVOICES = "daily_invoices"
     AUTOPAY = "autopay"
+    FINANCE_EXPORT = "finance_export"
 
 
 PREFERRED_LOCAL_TIME = {
     NightlyJob.DAILY_INVOICES: time(0, 5),  # just after midnight: yesterday is over everywhere in the zone
     NightlyJob.AUTOPAY: time(3, 30),  # after the invoices, inside the 00:00-06:00 AutoPay window
+    NightlyJob.FINANCE_EXPORT: time(1, 15),  # the previous local day's CSVs, once its nightly invoices exist
 }
 LATEST_LOCAL_TIME = time(6, 0)
 
@@ -85,6 +87,9 @@ class NightlyRun(BaseModel):
     schedule: NightlyJob
     timezone: TimezoneName
     scheduled_time: UtcInstant
+    # When the run happens. Absent in AWS (the entry's clock says); the local scheduler sets it to the instant
+    # it simulates, so a night fired on demand behaves as it would at that time.
+    invoked_at: UtcInstant | None = None
 
 
 class PracticeNight(BaseModel):
