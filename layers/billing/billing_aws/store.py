@@ -129,12 +129,13 @@ class BillingStore:
     def save_autopay(self, practice_id: str, client_id: str, state: AutoPayState) -> None:
         """Write the client's AutoPay state if it is still the version it was planned from; an enrolled client
         sits in the practice's sparse AutoPay index (the night's work list), others do not."""
-        names = {"#ap": AUTOPAY, "#v": "version"}
+        names = {"#ap": AUTOPAY}
         values: dict[str, Any] = {":state": to_value(record_attributes(state))}
         if state.version <= 1:
             condition = "attribute_exists(PK) AND attribute_not_exists(#ap)"
         else:
             condition = "#ap.#v = :previous"
+            names["#v"] = "version"
             values[":previous"] = to_value(state.version - 1)
         if state.enabled:
             update = "SET #ap = :state, GSI3PK = :work_list, GSI3SK = :client"
