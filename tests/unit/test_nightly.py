@@ -6,6 +6,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from billing.nightly import NightlyJob, business_date, nightly_run_time
+from billing_aws.schedules import retry_policy
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -21,7 +22,8 @@ def _is_real_and_unique(zone: str, day: date, at: time) -> bool:
 
 
 @pytest.mark.parametrize(
-    "zone", ["America/New_York", "Europe/London", "Australia/Lord_Howe", "America/Santiago", "America/Havana"]
+    "zone",
+    ["America/New_York", "Europe/London", "Europe/Berlin", "Australia/Lord_Howe", "America/Santiago", "America/Havana"],
 )
 @pytest.mark.parametrize("job", list(NightlyJob))
 def test_the_run_time_exists_exactly_once_every_day_for_years(zone: str, job: NightlyJob) -> None:
@@ -46,3 +48,15 @@ def test_business_date_is_the_local_date_the_schedule_fired_for() -> None:
     assert business_date(datetime(2026, 11, 28, 6, 5, tzinfo=UTC), "America/Chicago") == date(2026, 11, 28)
     # 00:05 in Sydney on 2026-11-28 is still 2026-11-27 in UTC.
     assert business_date(datetime(2026, 11, 27, 13, 5, tzinfo=UTC), "Australia/Sydney") == date(2026, 11, 28)
+
+
+@pytest.mark.parametrize(
+    "zone", ["America/New_York", "Europe/Berlin", "Australia/Lord_Howe", "America/Santiago", "Asia/Kolkata"]
+)
+def test_autopay_runs_after_the_nights_invoicing_and_its_retries_end_inside_the_window(zone: str) -> None:
+    invoicing = nightly_run_time(zone, NightlyJob.DAILY_INVOICES, NOW)
+    charging = nightly_run_time(zone, NightlyJob.AUTOPAY, NOW)
+    assert invoicing < charging < time(6, 0)
+    retries = retry_policy(NightlyJob.AUTOPAY, charging)
+    last_retry = datetime.combine(date(2026, 1, 1), charging) + timedelta(seconds=retries["MaximumEventAgeInSeconds"])
+    assert last_retry.time() < time(6, 0)
