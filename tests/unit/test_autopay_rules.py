@@ -25,11 +25,18 @@ def _card(month: int, year: int) -> Card:
 
 
 @pytest.mark.parametrize(
-    ("month", "year", "soon"),
-    [(11, 2026, True), (12, 2026, True), (1, 2027, False), (12, 2030, False)],
+    ("month", "year", "today", "soon"),
+    [
+        (11, 2026, date(2026, 11, 28), True),
+        (12, 2026, date(2026, 11, 28), False),  # good through December 31st: 33 days
+        (12, 2026, date(2026, 12, 2), True),
+        (12, 2030, date(2026, 11, 28), False),
+    ],
 )
-def test_a_card_expires_soon_when_its_last_good_day_is_within_30_days(month: int, year: int, soon: bool) -> None:
-    assert card_expires_soon(_card(month, year), date(2026, 11, 28)) is soon
+def test_a_card_expires_soon_when_its_last_good_day_is_within_30_days(
+    month: int, year: int, today: date, soon: bool
+) -> None:
+    assert card_expires_soon(_card(month, year), today) is soon
 
 
 @pytest.mark.parametrize(
