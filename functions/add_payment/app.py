@@ -6,16 +6,13 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import TypeAdapter, ValidationError
 
 from billing import autopay, cards, payment_service, refund_service
 from billing.cards import Card, CardRequest
 from billing.clients import require_client
-from billing.errors import InvalidRequest
 from billing.invoices import Invoice
 from billing.payments import (
     AppointmentPaymentRequest,
-    IdempotencyKey,
     Payment,
     PaymentRequest,
     PaymentStatus,
@@ -24,24 +21,10 @@ from billing.payments import (
     RefundStatus,
 )
 from billing_lambda import wiring
-from billing_lambda.http import PathId, build_resolver, clinician
+from billing_lambda.http import PathId, build_resolver, clinician, idempotency_key, resolve
 from billing_lambda.observability import logger, metrics, tracer
 
 app = build_resolver()
-_KEY = TypeAdapter(IdempotencyKey)
-
-
-def idempotency_key() -> str:
-    """The request's Idempotency-Key header (8-128 of ``A-Za-z0-9_.:-``); 400 when it is missing."""
-    value = app.current_event.headers.get("idempotency-key")
-    if value is None:
-        raise InvalidRequest(
-            "send an Idempotency-Key header with every payment and refund", code="idempotency_key_required"
-        )
-    try:
-        return _KEY.validate_python(value)
-    except ValidationError as error:
-        raise InvalidRequest("the Idempotency-Key header is malformed", code="invalid_idempotency_key") from error
 
 
 def _accepted(status_code: int, body: Any) -> Response:
@@ -64,7 +47,7 @@ def _accepted(status_code: int, body: Any) -> Response:
 )
 def post_payment(request: PaymentRequest) -> Response[Payment]:
     practice = wiring.practice(clinician(app).practice_id)
-    key = idempotency_key()
+    key = idempotency_key(app)
     store, gateway = wiring.store(), wiring.gateway()
     payment = payment_service.take_payment(store, gateway, wiring.clock, practice, request, key)
     logger.info("payment recorded", extra={"payment_id": payment.payment_id, "status": payment.status.value})
@@ -81,7 +64,7 @@ def post_invoice_and_payment(
     appointment_id: PathId, request: AppointmentPaymentRequest
 ) -> Response[dict[str, Invoice | Payment]]:
     practice = wiring.practice(clinician(app).practice_id)
-    key = idempotency_key()
+    key = idempotency_key(app)
     done = payment_service.invoice_and_pay(
         wiring.store(), wiring.gateway(), wiring.clock, practice, appointment_id, request, key
     )
@@ -101,7 +84,7 @@ def list_payments(client_id: PathId) -> dict[str, list[Payment]]:
 @app.post("/payments/<payment_id>/refunds", status_code=201, tags=["Payments"], summary="Refund all or part")
 def post_refund(payment_id: PathId, request: RefundRequest) -> Response[Refund]:
     practice_id = clinician(app).practice_id
-    key = idempotency_key()
+    key = idempotency_key(app)
     refund = refund_service.refund_payment(
         wiring.store(), wiring.gateway(), wiring.clock, practice_id, payment_id, request.amount_cents, key
     )
@@ -126,4 +109,4 @@ def delete_card(client_id: PathId, card_id: PathId):  # returns a bare Response:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    return resolve(app, event, context)

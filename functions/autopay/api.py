@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import autopay
 from billing.autopay import Attempt, AutoPayRequest, AutoPayView, PreviewCharge
 from billing_lambda import wiring
-from billing_lambda.http import PathId, build_resolver, clinician
+from billing_lambda.http import PathId, build_resolver, clinician, resolve
 from billing_lambda.observability import logger, metrics, tracer
 
 app = build_resolver()
@@ -43,4 +43,4 @@ def get_runs(day: Annotated[date, Query(alias="date")]) -> dict[str, Any]:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    return resolve(app, event, context)

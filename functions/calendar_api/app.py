@@ -13,7 +13,7 @@ from billing.calendar import Appointment, AppointmentChange, AppointmentRequest
 from billing.clients import Client, ClientDetails
 from billing.practices import Practice, PracticeSettings
 from billing_lambda import wiring
-from billing_lambda.http import PathId, build_resolver, clinician
+from billing_lambda.http import PathId, build_resolver, clinician, resolve
 from billing_lambda.observability import logger, metrics, tracer
 
 app = build_resolver()
@@ -78,4 +78,4 @@ def patch_appointment(appointment_id: PathId, change: AppointmentChange) -> Appo
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    return resolve(app, event, context)

@@ -10,7 +10,7 @@ from billing.clients import require_client
 from billing.invoices import Invoice, InvoiceRequest, require_invoice
 from billing.localtime import local_date
 from billing_lambda import wiring
-from billing_lambda.http import PathId, build_resolver, clinician
+from billing_lambda.http import PathId, build_resolver, clinician, resolve
 from billing_lambda.observability import logger, metrics, tracer
 
 app = build_resolver()
@@ -57,4 +57,4 @@ def post_void(invoice_id: PathId) -> Invoice:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    return resolve(app, event, context)

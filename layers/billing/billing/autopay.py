@@ -107,6 +107,9 @@ class Balance(Protocol):
     @property
     def balance_cents(self) -> int: ...
 
+    @property
+    def unallocated_credit_cents(self) -> int: ...
+
 
 class AutoPayStore(Books, Protocol):
     def get_account(self, practice_id: str, client_id: str) -> Balance: ...
@@ -360,27 +363,56 @@ class PreviewStore(AutoPayStore, Protocol):
     ) -> list[Appointment]: ...
 
 
+def _added_that_night(books: PreviewStore, practice: Practice, day: date, client_id: str | None) -> dict[str, int]:
+    """What the night of ``day`` invoices before AutoPay runs: billable appointments before ``day`` not yet on
+    an invoice, by client (nothing on nights the practice does not invoice)."""
+    adding: dict[str, int] = {}
+    if _invoices_that_night(practice, day):
+        for appointment in books.uninvoiced_appointments(practice.practice_id, before=day, client_id=client_id):
+            if appointment.billable and appointment.invoice_id is None:
+                adding[appointment.client_id] = adding.get(appointment.client_id, 0) + appointment.fee_cents
+    return adding
+
+
+def _will_charge(books: PreviewStore, practice: Practice, client_id: str, added: int) -> PreviewCharge | None:
+    state = books.get_autopay(practice.practice_id, client_id)
+    if not state.enabled or state.requires_client_action or state.card_id is None:
+        return None
+    amount = books.get_account(practice.practice_id, client_id).balance_cents + added
+    if amount < max(1, minimum_charge_cents(practice.currency)):
+        return None
+    return PreviewCharge(client_id=client_id, amount_cents=amount, card_id=state.card_id)
+
+
 def preview(books: PreviewStore, practice: Practice, day: date) -> list[PreviewCharge]:
     """What the night of business date ``day`` will charge each enrolled client: the balance now, plus what that
     night's invoicing adds first (billable appointments before ``day`` not yet invoiced); credit is in the balance.
     Clients who will not be charged (nothing owed, below the minimum, must pay in the portal) are left out."""
-    practice_id = practice.practice_id
     if not practice.autopay_enabled:
         return []
-    adding: dict[str, int] = {}
-    if _invoices_that_night(practice, day):
-        for appointment in books.uninvoiced_appointments(practice_id, before=day):
-            if appointment.billable and appointment.invoice_id is None:
-                adding[appointment.client_id] = adding.get(appointment.client_id, 0) + appointment.fee_cents
-    charges = []
-    for client_id in books.enrolled_clients(practice_id):
+    adding = _added_that_night(books, practice, day, None)
+    charges = [_will_charge(books, practice, c, adding.get(c, 0)) for c in books.enrolled_clients(practice.practice_id)]
+    return sorted((c for c in charges if c is not None), key=lambda c: c.client_id)
+
+
+def night_charge(books: PreviewStore, practice: Practice, client_id: str, day: date) -> int | None:
+    """What the night of ``day`` will charge this client (the preview's number for them), or None."""
+    if not practice.autopay_enabled:
+        return None
+    added = _added_that_night(books, practice, day, client_id).get(client_id, 0)
+    charge = _will_charge(books, practice, client_id, added)
+    return charge.amount_cents if charge else None
+
+
+def client_paid(books: AutoPayStore, practice_id: str, client_id: str) -> None:
+    """The client paid in the portal: a night that needed them present may charge off-session again."""
+
+    def step() -> None:
         state = books.get_autopay(practice_id, client_id)
-        if not state.enabled or state.requires_client_action or state.card_id is None:
-            continue
-        amount = books.get_account(practice_id, client_id).balance_cents + adding.get(client_id, 0)
-        if amount >= max(1, minimum_charge_cents(practice.currency)):
-            charges.append(PreviewCharge(client_id=client_id, amount_cents=amount, card_id=state.card_id))
-    return sorted(charges, key=lambda c: c.client_id)
+        if state.requires_client_action:
+            books.save_autopay(practice_id, client_id, state.next(requires_client_action=False))
+
+    optimistic(step)
 
 
 def night_report(books: AutoPayStore, practice_id: str, day: date) -> list[Attempt]:

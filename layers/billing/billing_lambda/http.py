@@ -3,6 +3,7 @@
 Errors always read ``{"error": {"code", "message", "details"}}``; domain errors map to statuses here.
 """
 
+import json
 import re
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -14,7 +15,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestValidationError,
 )
 from aws_lambda_powertools.event_handler.openapi.params import Path
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from billing.errors import (
     BillingError,
@@ -25,6 +26,7 @@ from billing.errors import (
     PaymentDeclined,
     ProcessorUnavailable,
 )
+from billing.payments import IdempotencyKey
 from billing_lambda.observability import logger
 
 _STATUS_OF: list[tuple[type[BillingError], HTTPStatus]] = [
@@ -135,3 +137,44 @@ def portal_client(app: APIGatewayHttpResolver) -> Tenant:
     if caller.role != "client" or not caller.client_id:
         raise Forbidden("this route is for clients", code="wrong_role")
     return caller
+
+
+CLINICIAN = "clinician"
+CLIENT = "client"
+PORTAL_PREFIX = "/portal/"
+
+
+def role_for(route_key: str) -> str:
+    """Who a route is for (API.md): ``/portal/...`` routes are the client's, every other route is staff's."""
+    path = route_key.partition(" ")[2]
+    return CLIENT if path.startswith(PORTAL_PREFIX) else CLINICIAN
+
+
+def resolve(app: APIGatewayHttpResolver, event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Answer an HTTP API event with ``app`` — unless the verified token's role is not the route's: then 403
+    before anything else runs (no validation details, no lookups), so a caller learns nothing about a route
+    that is not theirs."""
+    context_of_request = event.get("requestContext") or {}
+    jwt = (context_of_request.get("authorizer") or {}).get("jwt") or {}
+    role = role_for(str(event.get("routeKey") or context_of_request.get("routeKey") or ""))
+    if (jwt.get("claims") or {}).get("custom:role") != role:
+        message = "this route is for clients" if role == CLIENT else "this route is for practice staff"
+        body = {"error": {"code": "wrong_role", "message": message, "details": []}}
+        return {"statusCode": 403, "headers": {"Content-Type": "application/json"}, "body": json.dumps(body)}
+    return app.resolve(event, context)
+
+
+_KEY = TypeAdapter(IdempotencyKey)
+
+
+def idempotency_key(app: APIGatewayHttpResolver) -> str:
+    """The request's Idempotency-Key header (8-128 of ``A-Za-z0-9_.:-``); 400 when it is missing or malformed."""
+    value = app.current_event.headers.get("idempotency-key")
+    if value is None:
+        raise InvalidRequest(
+            "send an Idempotency-Key header with every payment and refund", code="idempotency_key_required"
+        )
+    try:
+        return _KEY.validate_python(value)
+    except ValidationError as error:
+        raise InvalidRequest("the Idempotency-Key header is malformed", code="invalid_idempotency_key") from error
