@@ -258,3 +258,17 @@ def test_the_night_makes_a_constant_number_of_dynamodb_calls_per_client(books: B
 def test_night_keys_carry_ids_and_a_date_only() -> None:
     client_id = f"cli_{uuid.uuid4().hex}"
     assert autopay.night_key(client_id, NIGHT) == f"autopay.{client_id}.2026-11-28"
+
+
+def test_paying_in_the_portal_clears_the_flag_an_authentication_decline_set(books: Books, gateway: FakeGateway) -> None:
+    from billing import portal
+
+    client_id = _client(books, gateway, "pm_card_authenticationRequired")
+    _enrol(books, client_id)
+    _invoice_the_day(books)
+    assert _night(books, gateway, client_id).decline_code == "authentication_required"
+    assert books.store.get_autopay(books.practice_id, client_id).requires_client_action
+    request = portal.PortalPaymentRequest(payment_method_id="pm_card_visa")
+    paid = portal.pay(books.store, gateway, books.clock, books.practice, client_id, request, "portal-key-1")
+    assert paid.amount_cents == 15000 and _balance(books, client_id) == 0
+    assert not books.store.get_autopay(books.practice_id, client_id).requires_client_action
