@@ -11,9 +11,9 @@ PRACTICE ?= prac_demo
 export AWS_DEFAULT_REGION ?= us-east-1
 export PYTHONPATH := $(CURDIR)/layers/billing:$(CURDIR)
 
-.PHONY: run test token lint typecheck validate unit integration e2e check-system clean
+.PHONY: run test token lint typecheck validate unit integration e2e check-system clean bench-documents
 
-$(STAMP): requirements-dev.txt layers/billing/requirements.txt
+$(STAMP): requirements-dev.txt layers/billing/requirements.txt functions/render_invoice/requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
@@ -50,6 +50,10 @@ e2e: $(STAMP)
 
 test: $(STAMP) check-system lint typecheck validate
 	$(BIN)/pytest -q -n 2 tests
+
+# Not part of `make test`: render times of the documents (README "Billing documents and finance exports").
+bench-documents: $(STAMP) check-system
+	$(BIN)/python tests/benchmarks/documents.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .aws-sam

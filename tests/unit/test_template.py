@@ -260,7 +260,7 @@ def test_scheduler_may_invoke_only_the_nightly_entries(template: Template) -> No
             assert any(entry in str(resource) for entry in NIGHTLY_ENTRIES), resource
 
 
-NIGHTLY_ENTRIES = ("DailyInvoicesFunction", "AutoPayFunction")
+NIGHTLY_ENTRIES = ("DailyInvoicesFunction", "AutoPayFunction", "FinanceExportFunction")
 
 
 def test_stripe_secret_in_template_is_an_empty_placeholder(template: Template) -> None:

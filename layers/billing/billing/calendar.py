@@ -25,6 +25,18 @@ class AppointmentStatus(StrEnum):
 
 # CPT / HCPCS style service codes, e.g. 90837, 90791, H0031.
 ServiceCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{4,10}$", to_upper=True)]
+# CPT/HCPCS modifiers (two characters, e.g. 95, GT, HO); a CMS-1500 line carries at most four.
+Modifier = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{2}$", to_upper=True)]
+Modifiers = Annotated[list[Modifier], Field(max_length=4)]
+Units = Annotated[int, Field(strict=True, ge=1, le=99)]
+
+
+class Modality(StrEnum):
+    """Where the session happened; telehealth sets the superbill's place of service (10 home, 02 elsewhere)."""
+
+    IN_PERSON = "in_person"
+    TELEHEALTH_HOME = "telehealth_home"
+    TELEHEALTH_OTHER = "telehealth_other"
 
 
 def is_billable(status: AppointmentStatus, fee_cents: int) -> bool:
@@ -46,6 +58,9 @@ class AppointmentRequest(RequestModel):
     service_description: LongText | None = None
     fee_cents: Cents
     status: AppointmentStatus = AppointmentStatus.SCHEDULED
+    modality: Modality | None = None
+    modifiers: Modifiers = []
+    units: Units = 1
 
 
 class AppointmentChange(RequestModel):
@@ -73,6 +88,9 @@ class Appointment(Record):
     status: AppointmentStatus
     invoice_id: str | None = None
     billable: bool
+    modality: Modality | None = None
+    modifiers: list[str] = []
+    units: int = 1
     created_at: datetime
     updated_at: datetime
     version: int = 1

@@ -10,6 +10,11 @@ from billing.localtime import Clock, TimezoneName
 from billing.schema import Address, Email, Name, Phone, RequestModel
 
 
+class PaperSize(StrEnum):
+    LETTER = "letter"
+    A4 = "a4"
+
+
 class InvoiceCreation(StrEnum):
     DAILY = "daily"
     MONTHLY = "monthly"
@@ -19,6 +24,9 @@ class InvoiceCreation(StrEnum):
 Currency = Annotated[str, StringConstraints(pattern=r"^[a-z]{3}$")]
 Npi = Annotated[str, StringConstraints(pattern=r"^[0-9]{10}$")]
 TaxId = Annotated[str, StringConstraints(pattern=r"^[0-9]{2}-?[0-9]{7}$")]
+LicenseNumber = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9 ./-]+$")]
+UsState = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$", to_upper=True)]
+PlaceOfService = Annotated[str, StringConstraints(pattern=r"^[0-9]{2}$")]  # CMS place-of-service code, e.g. 11
 
 
 class PracticeSettings(RequestModel):
@@ -29,12 +37,16 @@ class PracticeSettings(RequestModel):
     currency: Currency = "usd"
     npi: Npi | None = None
     tax_id: TaxId | None = None
+    license_number: LicenseNumber | None = None
+    license_state: UsState | None = None
+    place_of_service: PlaceOfService | None = None
     address: Address | None = None
     phone: Phone | None = None
     email: Email | None = None
     invoice_creation: InvoiceCreation
     invoice_due_days: Annotated[int, Field(strict=True, ge=0, le=365)] = 0
     autopay_enabled: bool = False
+    paper_size: PaperSize = PaperSize.LETTER  # billing documents are printed on it
 
 
 class Practice(PracticeSettings):

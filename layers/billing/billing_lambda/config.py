@@ -20,6 +20,7 @@ class CalendarSettings(FunctionSettings):
     scheduler_role_arn: str = Field(alias="SCHEDULER_ROLE_ARN", min_length=1)
     daily_invoices_function_arn: str = Field(alias="DAILY_INVOICES_FUNCTION_ARN", min_length=1)
     autopay_function_arn: str = Field(alias="AUTOPAY_FUNCTION_ARN", min_length=1)
+    finance_export_function_arn: str = Field(alias="FINANCE_EXPORT_FUNCTION_ARN", min_length=1)
 
 
 class DailyInvoicesSettings(FunctionSettings):

@@ -39,6 +39,7 @@ def nightly_schedules() -> NightlySchedules:
         targets={
             NightlyJob.DAILY_INVOICES: settings.daily_invoices_function_arn,
             NightlyJob.AUTOPAY: settings.autopay_function_arn,
+            NightlyJob.FINANCE_EXPORT: settings.finance_export_function_arn,
         },
     )
 
