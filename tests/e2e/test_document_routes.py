@@ -142,11 +142,28 @@ def test_finance_exports_on_demand_and_nightly(api: Api, stack: LocalStack) -> N
     session = _practice(api)
     client_id = _client(session, first='=HYPERLINK("x")')
     invoice_id = _invoice(session, client_id)
+    _invoice(session, client_id, "2026-11-21T15:00:00Z")
+    paid = session.post(
+        "/payments",
+        json={"client_id": client_id, "amount_cents": 20000, "method": "check", "reference": "@SUM(A1)"},
+        headers={"Idempotency-Key": f"key-{uuid.uuid4().hex}"},
+    )
+    assert paid.status_code == 201, paid.text
     on_demand = session.post("/exports/finance", json={"from": "2026-01-01", "to": "2026-12-31"})
     assert on_demand.status_code == 201, on_demand.text
     rows = list(csv.DictReader(io.StringIO(_download(on_demand.json()["invoices_url"]).decode())))
-    assert [r["invoice_id"] for r in rows] == [invoice_id]
-    assert rows[0]["client_name"].startswith("'=") and rows[0]["total_cents"] == "15000"
+    payments = list(csv.DictReader(io.StringIO(_download(on_demand.json()["payments_url"]).decode())))
+    assert rows[0]["invoice_id"] == invoice_id and all(r["client_name"].startswith("'=") for r in rows)
+    assert payments[0]["reference"] == "'@SUM(A1)" and payments[0]["allocations"] == "INV-000001:15000;INV-000002:5000"
+    api_invoices = session.get(f"/clients/{client_id}/invoices").json()["invoices"]
+    api_payments = session.get(f"/clients/{client_id}/payments").json()["payments"]
+    for column, field in (
+        ("total_cents", "total_cents"),
+        ("paid_cents", "paid_cents"),
+        ("balance_cents", "balance_cents"),
+    ):
+        assert sum(int(r[column]) for r in rows) == sum(i[field] for i in api_invoices), column
+    assert sum(int(p["gross_cents"]) for p in payments) == sum(p["amount_cents"] for p in api_payments) == 20000
 
     fired = api.post(
         "/_local/scheduler/fire",
