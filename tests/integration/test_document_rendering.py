@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from billing import invoice_service
-from billing.calendar import AppointmentRequest, AppointmentStatus, Modality, schedule_appointment
+from billing.calendar import (
+    AppointmentChange,
+    AppointmentRequest,
+    AppointmentStatus,
+    Modality,
+    change_appointment,
+    schedule_appointment,
+)
 from billing.clients import ClientDetails, add_client
 from billing.documents import DateRange, DocumentType
 from billing.errors import Conflict, NotFound
@@ -240,6 +247,11 @@ def test_a_superbill_has_codes_and_leaves_out_no_shows(office: Office) -> None:
     ):  # fmt: skip
         assert expected in text, expected
     assert "09/08/2026" not in text  # the no-show is on the invoice but never on a superbill
+
+    change = AppointmentChange(modality=Modality.TELEHEALTH_OTHER, modifiers=["GT"])  # allowed once invoiced
+    change_appointment(office.store, office.clock, office.pid, office_visit, change)
+    again = pdf_text(office.download(office.publisher().superbill(client, period).url))
+    assert "09/03/2026 02 90837 GT 2 AB" in again  # a new appointment version: rendered again
 
 
 def test_a_superbill_without_npi_tax_id_or_diagnosis_names_what_is_missing(

@@ -238,3 +238,26 @@ def test_only_the_render_function_imports_weasyprint_or_jinja2() -> None:
             if any(n.split(".")[0] in ("weasyprint", "jinja2") for n in names):
                 importers.add(path.relative_to(ROOT).as_posix())
     assert importers == {"functions/render_invoice/rendering.py"}
+
+
+def test_claim_details_on_appointments_are_optional_and_validated() -> None:
+    from billing.calendar import AppointmentChange, AppointmentRequest
+    from billing.practices import PracticeSettings
+
+    base = {"client_id": "cli_1", "starts_at": NOW, "duration_minutes": 50, "service_code": "90837", "fee_cents": 1}
+    assert AppointmentRequest.model_validate(base).units == 1
+    good = AppointmentRequest.model_validate(
+        base | {"modality": "telehealth_home", "modifiers": ["95", "hq"], "units": 2}
+    )
+    assert good.modifiers == ["95", "HQ"]
+    for bad in ({"modifiers": ["9"]}, {"modifiers": ["95"] * 5}, {"units": 0}, {"modality": "phone"}):
+        with pytest.raises(ValidationError):
+            AppointmentRequest.model_validate(base | bad)
+    assert AppointmentChange.model_validate({"units": 3}).units == 3
+    with pytest.raises(ValidationError):
+        AppointmentChange.model_validate({})
+    settings = {"name": "P", "timezone": "UTC", "invoice_creation": "manual"}
+    assert PracticeSettings.model_validate(settings | {"license_state": "ny"}).license_state == "NY"
+    for bad in ({"place_of_service": "1"}, {"license_state": "New York"}, {"license_number": "x" * 33}):
+        with pytest.raises(ValidationError):
+            PracticeSettings.model_validate(settings | bad)

@@ -26,7 +26,7 @@ class AppointmentStatus(StrEnum):
 # CPT / HCPCS style service codes, e.g. 90837, 90791, H0031.
 ServiceCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{4,10}$", to_upper=True)]
 # CPT/HCPCS modifiers (two characters, e.g. 95, GT, HO); a CMS-1500 line carries at most four.
-Modifier = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{2}$", to_upper=True)]
+Modifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{2}$", to_upper=True)]
 Modifiers = Annotated[list[Modifier], Field(max_length=4)]
 Units = Annotated[int, Field(strict=True, ge=1, le=99)]
 
@@ -64,15 +64,18 @@ class AppointmentRequest(RequestModel):
 
 
 class AppointmentChange(RequestModel):
-    """Body of ``PATCH /appointments/{id}``: mark attendance or change the fee."""
+    """Body of ``PATCH /appointments/{id}``: mark attendance, change the fee, or the claim details."""
 
     status: AppointmentStatus | None = None
     fee_cents: Cents | None = None
+    modality: Modality | None = None
+    modifiers: Modifiers | None = None
+    units: Units | None = None
 
     @model_validator(mode="after")
     def _something_to_change(self) -> "AppointmentChange":
-        if self.status is None and self.fee_cents is None:
-            raise ValueError("give status and/or fee_cents")
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError("give status and/or fee_cents (or modality, modifiers, units)")
         return self
 
 
@@ -132,7 +135,8 @@ def require_appointment(store: AppointmentReader, practice_id: str, appointment_
 def change_appointment(
     store: AppointmentStore, clock: Clock, practice_id: str, appointment_id: str, change: AppointmentChange
 ) -> Appointment:
-    """Apply a status/fee change. An invoiced appointment keeps its fee and stays billable (void first)."""
+    """Apply a status/fee change. An invoiced appointment keeps its fee and stays billable (void first); its
+    claim details (modality, modifiers, units) may change, as they do not change what is owed."""
     current = require_appointment(store, practice_id, appointment_id)
     status = change.status or current.status
     fee_cents = current.fee_cents if change.fee_cents is None else change.fee_cents
@@ -154,6 +158,7 @@ def change_appointment(
             "status": status,
             "fee_cents": fee_cents,
             "billable": billable,
+            **change.model_dump(include={"modality", "modifiers", "units"}, exclude_none=True),
             "updated_at": clock.now(),
             "version": current.version + 1,
         }

@@ -25,7 +25,7 @@ Currency = Annotated[str, StringConstraints(pattern=r"^[a-z]{3}$")]
 Npi = Annotated[str, StringConstraints(pattern=r"^[0-9]{10}$")]
 TaxId = Annotated[str, StringConstraints(pattern=r"^[0-9]{2}-?[0-9]{7}$")]
 LicenseNumber = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9 ./-]+$")]
-UsState = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$", to_upper=True)]
+UsState = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$", to_upper=True)]
 PlaceOfService = Annotated[str, StringConstraints(pattern=r"^[0-9]{2}$")]  # CMS place-of-service code, e.g. 11
 
 
