@@ -26,11 +26,13 @@ def _in_progress(invoice: Invoice) -> Conflict:
     )
 
 
-def plan_claims(amount_cents: int, targets: list[Invoice], named: bool) -> list[Claim]:
+def plan_claims(amount_cents: int, targets: list[Invoice], named: bool, prepay: bool = True) -> list[Claim]:
     """What a payment of ``amount_cents`` claims on ``targets`` before any money moves: what each still has
     available (its balance less what in-flight payments hold), in order. The rest of the amount becomes credit —
-    deliberate prepayment — unless it is only left over because another payment is in flight on these invoices:
-    then, as for a named invoice another payment holds entirely, the payment is refused (409) before any charge."""
+    deliberate prepayment — unless it is only left over because another payment is in flight on these invoices
+    (then, as for a named invoice another payment holds entirely, the payment is refused (409) before any charge),
+    or the payer meant to pay only what is owed (``prepay`` False: the whole balance, as the portal and AutoPay
+    do), in which case a balance that shrank meanwhile is a 409 too."""
     claims: list[Claim] = []
     remaining = amount_cents
     for invoice in targets:
@@ -44,6 +46,12 @@ def plan_claims(amount_cents: int, targets: list[Invoice], named: bool) -> list[
         held = [i for i in targets if i.held_cents > 0]
         if held:
             raise _in_progress(held[0])
+        if not prepay:  # "pay what I owe" computed a moment ago; it is less now (another payment landed)
+            raise Conflict(
+                f"only {amount_cents - remaining} of {amount_cents} is still owed; look again before paying",
+                code="balance_changed",
+                details=[{"owed_cents": amount_cents - remaining}],
+            )
     return claims
 
 

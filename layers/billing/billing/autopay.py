@@ -278,7 +278,15 @@ def _night(
     )
     try:
         payment = take_payment(
-            books, gateway, clock, practice, request, key, route=AUTOPAY_ROUTE, fingerprint=f"autopay:{day}"
+            books,
+            gateway,
+            clock,
+            practice,
+            request,
+            key,
+            route=AUTOPAY_ROUTE,
+            fingerprint=f"autopay:{day}",
+            prepay=False,  # the balance, and nothing more: a payment that landed meanwhile leaves less to charge
         )
     except PaymentDeclined as declined:
         return Attempt(

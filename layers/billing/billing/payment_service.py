@@ -109,11 +109,13 @@ def take_payment(
     *,
     route: str = PAYMENT_ROUTE,
     fingerprint: str | None = None,
+    prepay: bool = True,
 ) -> Payment:
     """Take (or record) a payment and allocate it, at most once per Idempotency-Key.
 
     The same key with the same route and body returns the first result (a decline again as 402); with another
-    route or body it is a 409. A ``processing`` charge is returned as such (it is not a decline)."""
+    route or body it is a 409. A ``processing`` charge is returned as such (it is not a decline). ``prepay``
+    False: the amount is meant to be what is owed, and nothing may become credit (409 if less is owed now)."""
     practice_id = practice.practice_id
     fingerprint = fingerprint or request_fingerprint(request.model_dump(mode="json"))
     digest = key_digest(practice_id, idempotency_key)
@@ -124,7 +126,7 @@ def take_payment(
         object_id=idempotent_id("pay", practice_id, idempotency_key),
         created_at=clock.now(),
     )
-    payment = _reserve(books, gateway, clock, practice, request, key_record)
+    payment = _reserve(books, gateway, clock, practice, request, key_record, prepay)
     if payment is None:  # the key was used before: this is a retry or a duplicate
         recorded = existing(books.get_idempotency_record(practice_id, digest), "idempotency_key", digest)
         check_replay(recorded, route, fingerprint)
@@ -141,6 +143,7 @@ def _reserve(
     practice: Practice,
     request: PaymentRequest,
     key_record: IdempotencyRecord,
+    prepay: bool,
 ) -> Payment | None:
     """Record the pending payment with its key and its first holds, atomically; None if the key is taken."""
     practice_id = practice.practice_id
@@ -160,7 +163,7 @@ def _reserve(
         now = clock.now()
         targets = payable_invoices(open_invoices(books, practice_id, client.client_id), request.invoice_ids)
         _resolve_stale_holds(books, gateway, clock, practice_id, targets)
-        claims = plan_claims(request.amount_cents, targets, bool(request.invoice_ids))
+        claims = plan_claims(request.amount_cents, targets, bool(request.invoice_ids), prepay)
         payment = Payment(
             payment_id=key_record.object_id,
             client_id=client.client_id,

@@ -124,7 +124,10 @@ def pay(
         invoice_ids=request.invoice_ids,
     )
     route = "POST /portal/payments"
-    payment = take_payment(books, gateway, clock, practice, payment_request, idempotency_key, route=route)
+    exact = request.amount_cents is None  # "pay what I owe": never more, even if someone paid a moment ago
+    payment = take_payment(
+        books, gateway, clock, practice, payment_request, idempotency_key, route=route, prepay=not exact
+    )
     if payment.status is PaymentStatus.SUCCEEDED:
         autopay.client_paid(books, practice_id, client_id)
     return payment
