@@ -1,6 +1,6 @@
 """Finance CSV exports (invoices, payments) per practice to the documents bucket: on demand
-(``POST /exports/finance``) and nightly per time zone for the previous local day (this module's
-``lambda_handler`` is the finance-export schedule's entry).
+(``POST /exports/finance``) and nightly per time zone for the previous local day: ``lambda_handler`` is the
+finance-export schedule's entry (one SQS message per practice), ``worker_handler`` writes one practice's CSVs.
 
 Columns are fixed and documented in README ("Finance exports"); money is integer minor units throughout.
 """
@@ -13,14 +13,17 @@ from functools import cache
 from typing import Any
 
 from archive import CSV, DocumentArchive
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
 
 from billing import documents
 from billing.documents import DateRange, FinanceExportLinks
+from billing.errors import existing
 from billing.localtime import Clock, local_date
-from billing.nightly import NightlyRun, business_date
+from billing.nightly import NightlyRun, PracticeNight, business_date
 from billing.practices import Practice
 from billing_aws.documents import DocumentStore
 from billing_lambda import wiring
@@ -40,7 +43,7 @@ def export_settings() -> DocumentSettings:
 
 @cache
 def document_store() -> DocumentStore:
-    return DocumentStore(client("dynamodb"), export_settings().table_name)
+    return DocumentStore(client("dynamodb"), load_settings(FunctionSettings).table_name)
 
 
 def to_csv(columns: list[str], rows: list[list[str | int]]) -> bytes:
@@ -92,17 +95,48 @@ class FinanceExports:
         return FinanceExportLinks(invoices_url=invoices_url, payments_url=payments_url, expires_at=expires_at)
 
 
+class FinanceExportSettings(FunctionSettings):
+    finance_export_queue_url: str = Field(alias="FINANCE_EXPORT_QUEUE_URL", min_length=1)
+
+
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """The nightly run of one zone: every practice's CSVs for the local day before the business date."""
+    """The nightly entry of one zone: one SQS message per practice, for the local day before the business date."""
     run = parse(event=event, model=NightlyRun)
     day = business_date(run.scheduled_time, run.timezone) - timedelta(days=1)
-    period = DateRange.model_validate({"from": day, "to": day})
-    exports = FinanceExports.from_settings(document_store(), wiring.clock)
     practices = document_store().practices_in_zone(run.timezone)
-    for practice in practices:
-        exports.write(practice, period)
-    metrics.add_metric(name="FinanceExports", unit="Count", value=len(practices))
+    queue_url = load_settings(FinanceExportSettings).finance_export_queue_url
+    sqs = client("sqs")
+    for start in range(0, len(practices), 10):
+        entries = [
+            {"Id": str(i), "MessageBody": PracticeNight(practice_id=p.practice_id, business_date=day).model_dump_json()}
+            for i, p in enumerate(practices[start : start + 10])
+        ]
+        response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+        if response.get("Failed"):
+            raise RuntimeError(f"{len(response['Failed'])} practice messages were not queued")  # Scheduler retries
+    metrics.add_metric(name="FinanceExportPractices", unit="Count", value=len(practices))
     return {"timezone": run.timezone, "date": day.isoformat(), "practices": len(practices)}
+
+
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+def export_practice_day(record: SQSRecord) -> None:
+    """One practice's CSVs for one local day (writing them again for the same day replaces them)."""
+    night = PracticeNight.model_validate_json(record.body)
+    practice = existing(document_store().get_practice(night.practice_id), "practice", night.practice_id)
+    period = DateRange.model_validate({"from": night.business_date, "to": night.business_date})
+    FinanceExports.from_settings(document_store(), wiring.clock).write(practice, period)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def worker_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    response = process_partial_response(
+        event=event, record_handler=export_practice_day, processor=processor, context=context
+    )
+    return dict(response)
