@@ -11,7 +11,7 @@ PRACTICE ?= prac_demo
 export AWS_DEFAULT_REGION ?= us-east-1
 export PYTHONPATH := $(CURDIR)/layers/billing:$(CURDIR)
 
-.PHONY: run test token lint typecheck validate unit integration e2e check-system clean bench-documents
+.PHONY: run test token lint typecheck validate unit integration e2e check-system check-test-system clean bench-documents
 
 $(STAMP): requirements-dev.txt layers/billing/requirements.txt functions/render_invoice/requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ $(STAMP): requirements-dev.txt layers/billing/requirements.txt functions/render_
 
 check-system:
 	@$(PYTHON) local/check_system.py
+
+check-test-system:
+	@$(PYTHON) local/check_system.py --tests
 
 run: $(STAMP) check-system
 	PORT=$(PORT) $(BIN)/python -m local.stack
@@ -48,7 +51,7 @@ integration: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e -q
 
-test: $(STAMP) check-system lint typecheck validate
+test: $(STAMP) check-test-system lint typecheck validate
 	$(BIN)/pytest -q -n 2 tests
 
 # Not part of `make test`: render times of the documents (README "Billing documents and finance exports").

@@ -21,6 +21,7 @@ PANGO_LIBRARIES = ("pango-1.0", "pangoft2-1.0")
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", os.path.expanduser("~/.fonts"))
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".pfb", ".woff", ".woff2")
 INSTALL_HINT = "sudo apt-get install libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core"
+TEST_TOOLS = {"pdftotext": "poppler-utils"}  # the document tests read rendered PDFs back as text
 
 
 def missing_libraries() -> list[str]:
@@ -45,19 +46,25 @@ def has_font() -> bool:
     return False
 
 
-def main() -> int:
-    """Print what is missing and return 1, or return 0 silently."""
+def main(arguments: list[str]) -> int:
+    """Print what is missing and return 1, or return 0 silently. ``--tests``: also what the tests need."""
     problems = [f"library {name} (Pango) not found" for name in missing_libraries()]
     if not has_font():
         problems.append("no font installed")
+    hint = INSTALL_HINT
+    if "--tests" in arguments:
+        for tool, package in TEST_TOOLS.items():
+            if shutil.which(tool) is None:
+                problems.append(f"{tool} not found (the document tests need it)")
+                hint += f" {package}"
     if not problems:
         return 0
-    print("PDF rendering (WeasyPrint) needs system packages that are missing:", file=sys.stderr)
+    print("PDF rendering (WeasyPrint) and its tests need system packages that are missing:", file=sys.stderr)
     for problem in problems:
         print(f"  - {problem}", file=sys.stderr)
-    print(f"Install them (Debian/Ubuntu) with:\n  {INSTALL_HINT}", file=sys.stderr)
+    print(f"Install them (Debian/Ubuntu) with:\n  {hint}", file=sys.stderr)
     return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

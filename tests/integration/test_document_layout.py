@@ -5,7 +5,6 @@ drops or reorders what a document says shows up here. After an intended change, 
 ``BILLING_UPDATE_GOLDEN=1 pytest tests/integration/test_document_layout.py`` and review the diff."""
 
 import os
-import shutil
 import subprocess
 import sys
 from datetime import UTC, date, datetime
@@ -25,8 +24,6 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 sys.path.insert(0, str(ROOT / "functions" / "render_invoice"))
 
 from rendering import render_pdf  # noqa: E402
-
-pytestmark = pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs poppler-utils (pdftotext)")
 
 NOW = datetime(2026, 11, 27, 15, tzinfo=UTC)
 PRACTICE = Practice.model_validate(

@@ -2,7 +2,6 @@
 
 import csv
 import io
-import shutil
 import subprocess
 import sys
 import uuid
@@ -42,8 +41,6 @@ sys.path.insert(0, str(RENDER_FUNCTION))
 from archive import DocumentArchive  # noqa: E402
 from finance import FinanceExports  # noqa: E402
 from publisher import Publisher  # noqa: E402
-
-pytestmark = pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs poppler-utils (pdftotext)")
 
 
 def pdf_text(pdf: bytes) -> str:
