@@ -1,7 +1,6 @@
 """AutoPay, entry: fired per time zone by EventBridge Scheduler inside 00:00-06:00 local; one SQS message per
 enrolled client of the zone's practices (found through the sparse AutoPay index, no Scan)."""
 
-import json
 from typing import Any
 
 from aws_lambda_powertools.utilities.parser import parse
@@ -9,8 +8,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing.nightly import NightlyRun, business_date
 from billing_lambda import wiring
-from billing_lambda.aws_clients import client
 from billing_lambda.config import AutoPaySettings, load_settings
+from billing_lambda.fanout import send_all
 from billing_lambda.observability import logger, metrics, tracer
 
 
@@ -33,15 +32,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         if practice.autopay_enabled
         for client_id in store.enrolled_clients(practice.practice_id)
     ]
-    queue_url = load_settings(AutoPaySettings).autopay_queue_url
-    sqs = client("sqs")
-    for start in range(0, len(nights), 10):
-        entries = [
-            {"Id": str(i), "MessageBody": json.dumps(night)} for i, night in enumerate(nights[start : start + 10])
-        ]
-        response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        if response.get("Failed"):
-            raise RuntimeError(f"{len(response['Failed'])} AutoPay messages were not queued")  # Scheduler retries
+    send_all(load_settings(AutoPaySettings).autopay_queue_url, nights)
     logger.info("autopay queued", extra={"timezone": run.timezone, "clients": len(nights)})
     metrics.add_metric(name="AutoPayClientsQueued", unit="Count", value=len(nights))
     return {"timezone": run.timezone, "business_date": day.isoformat(), "clients": len(nights)}

@@ -1,6 +1,5 @@
 """Nightly invoicing, entry: fired per time zone by EventBridge Scheduler; one SQS message per practice."""
 
-import json
 from typing import Any
 
 from aws_lambda_powertools.utilities.parser import parse
@@ -8,8 +7,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing.nightly import NightlyRun, business_date
 from billing_lambda import wiring
-from billing_lambda.aws_clients import client
 from billing_lambda.config import DailyInvoicesSettings, load_settings
+from billing_lambda.fanout import send_all
 from billing_lambda.observability import logger, metrics, tracer
 
 
@@ -20,20 +19,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     run = parse(event=event, model=NightlyRun)
     day = business_date(run.scheduled_time, run.timezone)
     practices = wiring.store().practices_in_zone(run.timezone)
-    queue_url = load_settings(DailyInvoicesSettings).daily_invoices_queue_url
-    sqs = client("sqs")
-    for start in range(0, len(practices), 10):
-        batch = practices[start : start + 10]
-        entries = [
-            {
-                "Id": str(i),
-                "MessageBody": json.dumps({"practice_id": p.practice_id, "business_date": day.isoformat()}),
-            }
-            for i, p in enumerate(batch)
-        ]
-        response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        if response.get("Failed"):
-            raise RuntimeError(f"{len(response['Failed'])} practice messages were not queued")  # Scheduler retries
+    nights = [{"practice_id": p.practice_id, "business_date": day.isoformat()} for p in practices]
+    send_all(load_settings(DailyInvoicesSettings).daily_invoices_queue_url, nights)
     logger.info("nightly invoicing queued", extra={"timezone": run.timezone, "practices": len(practices)})
     metrics.add_metric(name="NightlyInvoicingPractices", unit="Count", value=len(practices))
     return {"timezone": run.timezone, "business_date": day.isoformat(), "practices": len(practices)}

@@ -29,6 +29,7 @@ from billing_aws.documents import DocumentStore
 from billing_lambda import wiring
 from billing_lambda.aws_clients import client
 from billing_lambda.config import FunctionSettings, load_settings
+from billing_lambda.fanout import send_all
 from billing_lambda.observability import logger, metrics, tracer
 
 
@@ -107,16 +108,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     run = parse(event=event, model=NightlyRun)
     day = business_date(run.scheduled_time, run.timezone) - timedelta(days=1)
     practices = document_store().practices_in_zone(run.timezone)
-    queue_url = load_settings(FinanceExportSettings).finance_export_queue_url
-    sqs = client("sqs")
-    for start in range(0, len(practices), 10):
-        entries = [
-            {"Id": str(i), "MessageBody": PracticeNight(practice_id=p.practice_id, business_date=day).model_dump_json()}
-            for i, p in enumerate(practices[start : start + 10])
-        ]
-        response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        if response.get("Failed"):
-            raise RuntimeError(f"{len(response['Failed'])} practice messages were not queued")  # Scheduler retries
+    nights = [PracticeNight(practice_id=p.practice_id, business_date=day).model_dump(mode="json") for p in practices]
+    send_all(load_settings(FinanceExportSettings).finance_export_queue_url, nights)
     metrics.add_metric(name="FinanceExportPractices", unit="Count", value=len(practices))
     return {"timezone": run.timezone, "date": day.isoformat(), "practices": len(practices)}
 
