@@ -89,7 +89,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import FrameType, TracebackType
 from typing import Any
 
-from billing.money import minimum_charge_cents
+from billing.money import has_minor_units, minimum_charge_cents
 
 __all__ = [
     "API_VERSION",
@@ -117,9 +117,6 @@ Obj = dict[str, Any]
 Handler = Callable[..., Obj]
 
 _ID_ALPHABET = string.ascii_letters + string.digits
-_ZERO_DECIMAL = frozenset(
-    ("bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf")
-)
 _CURRENCY_SYMBOL = {"usd": "$", "eur": "€", "gbp": "£", "cad": "$", "aud": "$"}
 _REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 REFUND_FAILURE_REASONS = (
@@ -144,7 +141,7 @@ def stripe_fee(amount: int) -> int:
 
 
 def _format_money(amount: int, currency: str) -> str:
-    number = f"{amount}" if currency in _ZERO_DECIMAL else f"{amount // 100}.{amount % 100:02d}"
+    number = f"{amount // 100}.{amount % 100:02d}" if has_minor_units(currency) else f"{amount}"
     symbol = _CURRENCY_SYMBOL.get(currency)
     return f"{symbol}{number}" if symbol else f"{number} {currency.upper()}"
 

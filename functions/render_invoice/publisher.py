@@ -93,7 +93,7 @@ class Publisher:
         )
 
     def _statement(self, client: Client, period: DateRange) -> StatementDocument:
-        invoices, payments, refunds = self.store.client_ledger(self.practice.practice_id, client.client_id)
+        invoices, payments, refunds = self.store.client_history(self.practice.practice_id, client.client_id)
         return documents.statement_document(self.practice, client, period, self.today, invoices, payments, refunds)
 
     def superbill(self, client_id: str, period: DateRange) -> DocumentLink:
@@ -101,7 +101,7 @@ class Publisher:
 
     def _superbill(self, client: Client, period: DateRange) -> SuperbillDocument:
         documents.require_superbill_details(self.practice, client)  # 409 before any read it would waste
-        invoices, _, _ = self.store.client_ledger(self.practice.practice_id, client.client_id)
+        invoices, _, _ = self.store.client_history(self.practice.practice_id, client.client_id)
         in_range = [i for i in invoices if not i.voided and any(period.covers(line.date) for line in i.lines)]
         appointments = self.store.appointments_of_invoices(self.practice.practice_id, in_range)
         return documents.superbill_document(self.practice, client, period, self.today, in_range, appointments)
@@ -110,7 +110,7 @@ class Publisher:
     def series(self, client_id: str, period: DateRange, types: list[DocumentType]) -> ExportLink:
         """The chosen documents of the client in ``period``, in date order, as one PDF rendered in one pass."""
         client = self._client(client_id)
-        invoices, payments, refunds = self.store.client_ledger(self.practice.practice_id, client_id)
+        invoices, payments, refunds = self.store.client_history(self.practice.practice_id, client_id)
         docs: list[Document] = []
         if DocumentType.INVOICE in types:
             docs += [

@@ -123,7 +123,8 @@ def test_a_unit_of_work_derives_the_account_from_the_objects_transitions() -> No
     pending = _payment("pay_1", 9000)
     succeeded = pending.next(status=PaymentStatus.SUCCEEDED, unallocated_cents=1000)
     invoice = _invoice(1, 8000)
-    paid = invoice.model_copy(update={"allocations": []}).with_payment("pay_1", 8000)
+    paid = invoice.with_hold("pay_1", 8000).with_hold_settled("pay_1")
+    invoice = paid.model_copy(update={"allocations": [], "version": paid.version - 1})
     unit = UnitOfWork("p").change(pending, succeeded).change(invoice, paid)
     account = unit.accounts["cli_1"]
     assert (account.paid_cents, account.unallocated_credit_cents, account.invoiced_cents) == (9000, 1000, 0)

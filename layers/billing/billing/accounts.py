@@ -10,25 +10,11 @@ from pydantic import BaseModel
 
 from billing import autopay
 from billing.autopay import AutoPayStore, AutoPayView
+from billing.books import open_invoices, require_ledger
 from billing.calendar import Appointment
 from billing.cards import Card
-from billing.clients import ClientStore, require_client
-from billing.invoices import Invoice
 from billing.localtime import local_date
 from billing.practices import Practice
-
-
-class Account(BaseModel):
-    """Running totals kept on the client, changed only inside the transactions that move money."""
-
-    invoiced_cents: int = 0
-    paid_cents: int = 0
-    refunded_cents: int = 0
-    unallocated_credit_cents: int = 0
-
-    @property
-    def balance_cents(self) -> int:
-        return self.invoiced_cents - self.paid_cents + self.refunded_cents
 
 
 class UninvoicedAppointment(BaseModel):
@@ -67,15 +53,7 @@ class BillingOverview(BaseModel):
     as_of: datetime
 
 
-class AccountStore(AutoPayStore, ClientStore, Protocol):
-    def cards_of(self, practice_id: str, client_id: str) -> list[Card]: ...
-
-    def open_invoice_ids(self, practice_id: str, client_id: str) -> list[str]: ...
-
-    def invoices_by_id(self, practice_id: str, invoice_ids: list[str]) -> list[Invoice]: ...
-
-    def get_account(self, practice_id: str, client_id: str) -> Account: ...
-
+class AccountStore(AutoPayStore, Protocol):
     def uninvoiced_appointments(
         self, practice_id: str, *, before: date | None = None, client_id: str | None = None
     ) -> list[Appointment]: ...
@@ -84,17 +62,14 @@ class AccountStore(AutoPayStore, ClientStore, Protocol):
 def billing_overview(store: AccountStore, now: datetime, practice: Practice, client_id: str) -> BillingOverview:
     """The client's money position now. Uninvoiced lists only billable appointments not yet on an invoice."""
     practice_id = practice.practice_id
-    require_client(store, practice_id, client_id)
-    account = store.get_account(practice_id, client_id)
+    ledger = require_ledger(store, practice_id, client_id)  # one read: totals, open invoices, cards
+    account = ledger.account
     today = local_date(now, practice.timezone)
     unpaid = sorted(
-        (
-            i.reported_on(today)
-            for i in store.invoices_by_id(practice_id, store.open_invoice_ids(practice_id, client_id))
-            if i.is_open
-        ),
+        (i.reported_on(today) for i in open_invoices(store, practice_id, client_id, ledger)),
         key=lambda i: i.sequence,
     )
+    cards = store.cards_by_id(practice_id, ledger.card_ids)
     uninvoiced = [a for a in store.uninvoiced_appointments(practice_id, client_id=client_id) if a.billable]
     return BillingOverview(
         client_id=client_id,
@@ -116,7 +91,7 @@ def billing_overview(store: AccountStore, now: datetime, practice: Practice, cli
             )
             for a in uninvoiced
         ],
-        cards=store.cards_of(practice_id, client_id),
-        autopay=autopay.view(store, practice, client_id, today),
+        cards=cards,
+        autopay=autopay.view(store, practice, client_id, today, cards),
         as_of=now,
     )

@@ -11,22 +11,21 @@ dispute ends enrolment at once, any other decline retries on later nights until 
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
-from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
 from billing.books import Books
-from billing.calendar import Appointment
 from billing.cards import Card
 from billing.clients import require_client
 from billing.errors import Conflict, InvalidRequest, PaymentDeclined, existing
 from billing.gateway import PaymentGateway
-from billing.localtime import Clock, local_date
+from billing.invoice_service import NightStore, is_invoicing_night
+from billing.localtime import Clock, local_date, local_datetime
 from billing.money import minimum_charge_cents
 from billing.nightly import LATEST_LOCAL_TIME
 from billing.payment_service import choose_card, take_payment
 from billing.payments import Payment, PaymentMethod, PaymentRequest, PaymentStatus, key_digest
-from billing.practices import InvoiceCreation, Practice
+from billing.practices import Practice
 from billing.retry import optimistic
 from billing.schema import ObjectId, Record, RequestModel
 
@@ -135,9 +134,13 @@ def card_expires_soon(card: Card, today: date, within_days: int = 30) -> bool:
     return first_after - timedelta(days=1) < today + timedelta(days=within_days)
 
 
-def view(books: AutoPayStore, practice: Practice, client_id: str, today: date) -> AutoPayView:
+def view(
+    books: AutoPayStore, practice: Practice, client_id: str, today: date, cards: list[Card] | None = None
+) -> AutoPayView:
+    """The client's AutoPay as staff and the client see it (``cards``: the client's cards, if already read)."""
     state = books.get_autopay(practice.practice_id, client_id)
-    card = next((c for c in books.cards_of(practice.practice_id, client_id) if c.card_id == state.card_id), None)
+    cards = books.cards_of(practice.practice_id, client_id) if cards is None else cards
+    card = next((c for c in cards if c.card_id == state.card_id), None)
     expiring = card is not None and state.enabled and card_expires_soon(card, today)
     return AutoPayView(**state.model_dump(), card=card, card_expires_soon=expiring)
 
@@ -157,7 +160,7 @@ def set_autopay(
         else:
             if not practice.autopay_enabled:
                 raise Conflict("AutoPay is turned off for the practice", code="autopay_off_for_practice")
-            card = choose_card(books, practice_id, client_id, request.card_id)
+            card = choose_card(books.cards_of(practice_id, client_id), request.card_id)
             now = clock.now()
             consent = Consent(
                 enrolled_by=user, enrolled_at=now, card_id=card.card_id, authorization_version=AUTHORIZATION_VERSION
@@ -211,7 +214,7 @@ def practice_saved(books: AutoPayStore, before: Practice | None, after: Practice
 
 def in_window(now: datetime, timezone: str, business_date: date) -> bool:
     """True between 00:00 and 06:00 local on the business date (the only hours AutoPay may charge)."""
-    local = now.astimezone(ZoneInfo(timezone))
+    local = local_datetime(now, timezone)
     return local.date() == business_date and local.time() < LATEST_LOCAL_TIME
 
 
@@ -359,23 +362,15 @@ class PreviewCharge(BaseModel):
     card_id: str
 
 
-def _invoices_that_night(practice: Practice, day: date) -> bool:
-    if practice.invoice_creation is InvoiceCreation.DAILY:
-        return True
-    return practice.invoice_creation is InvoiceCreation.MONTHLY and day.day == 1
-
-
-class PreviewStore(AutoPayStore, Protocol):
-    def uninvoiced_appointments(
-        self, practice_id: str, *, before: date | None = None, client_id: str | None = None
-    ) -> list[Appointment]: ...
+class PreviewStore(AutoPayStore, NightStore, Protocol):
+    """What the preview needs: AutoPay's state and the night's invoicing work list."""
 
 
 def _added_that_night(books: PreviewStore, practice: Practice, day: date, client_id: str | None) -> dict[str, int]:
     """What the night of ``day`` invoices before AutoPay runs: billable appointments before ``day`` not yet on
     an invoice, by client (nothing on nights the practice does not invoice)."""
     adding: dict[str, int] = {}
-    if _invoices_that_night(practice, day):
+    if is_invoicing_night(practice, day):
         for appointment in books.uninvoiced_appointments(practice.practice_id, before=day, client_id=client_id):
             if appointment.billable and appointment.invoice_id is None:
                 adding[appointment.client_id] = adding.get(appointment.client_id, 0) + appointment.fee_cents

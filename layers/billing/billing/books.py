@@ -5,15 +5,46 @@ what to write from what it reads. A client's open invoices and its payments hold
 client itself, moved by the same transactions that move money, so they can be read consistently too.
 """
 
+from dataclasses import dataclass
 from typing import Protocol
+
+from pydantic import BaseModel
 
 from billing.calendar import Appointment
 from billing.cards import Card
 from billing.clients import Client
+from billing.errors import existing
 from billing.invoices import Invoice
 from billing.payments import IdempotencyRecord, Payment, ProcessorRefundLink, Refund
 from billing.practices import Practice
 from billing.unit_of_work import UnitOfWork
+
+
+class Account(BaseModel):
+    """Running totals kept on the client, changed only inside the transactions that move money.
+
+    Balance = Σ live invoice totals - Σ succeeded payments + Σ refunds (negative means credit)."""
+
+    invoiced_cents: int = 0
+    paid_cents: int = 0
+    refunded_cents: int = 0
+    unallocated_credit_cents: int = 0
+
+    @property
+    def balance_cents(self) -> int:
+        return self.invoiced_cents - self.paid_cents + self.refunded_cents
+
+
+@dataclass(frozen=True)
+class ClientLedger:
+    """One consistent read of a client: who they are, their totals, and the lists the money transactions keep
+    on them."""
+
+    client: Client
+    account: Account
+    open_invoice_ids: list[str]
+    credit_payment_ids: list[str]
+    card_ids: list[str]
 
 
 class Books(Protocol):
@@ -39,9 +70,11 @@ class Books(Protocol):
 
     def get_refund_link(self, practice_id: str, processor_refund_id: str) -> ProcessorRefundLink | None: ...
 
-    def open_invoice_ids(self, practice_id: str, client_id: str) -> list[str]: ...
+    def client_ledger(self, practice_id: str, client_id: str) -> ClientLedger | None: ...
 
-    def credit_payment_ids(self, practice_id: str, client_id: str) -> list[str]: ...
+    def cards_by_id(self, practice_id: str, card_ids: list[str]) -> list[Card]:
+        """Cards by id, oldest first."""
+        ...
 
     def cards_of(self, practice_id: str, client_id: str) -> list[Card]: ...
 
@@ -50,13 +83,19 @@ class Books(Protocol):
         ...
 
 
-def open_invoices(books: Books, practice_id: str, client_id: str) -> list[Invoice]:
-    """The client's live invoices that still owe something, oldest first (consistent reads)."""
-    invoices = books.invoices_by_id(practice_id, books.open_invoice_ids(practice_id, client_id))
+def require_ledger(books: Books, practice_id: str, client_id: str) -> ClientLedger:
+    return existing(books.client_ledger(practice_id, client_id), "client", client_id)
+
+
+def open_invoices(books: Books, practice_id: str, client_id: str, ledger: ClientLedger | None = None) -> list[Invoice]:
+    """The client's live invoices that still owe something, oldest first (consistent reads; ``ledger``: the
+    client as just read, saving a read)."""
+    ledger = ledger or require_ledger(books, practice_id, client_id)
+    invoices = books.invoices_by_id(practice_id, ledger.open_invoice_ids)
     return sorted((i for i in invoices if i.is_open), key=lambda i: (i.issue_date, i.sequence))
 
 
 def open_credit(books: Books, practice_id: str, client_id: str) -> list[Payment]:
     """The client's payments with unallocated money, oldest first (consistent reads)."""
-    payments = books.payments_by_id(practice_id, books.credit_payment_ids(practice_id, client_id))
+    payments = books.payments_by_id(practice_id, require_ledger(books, practice_id, client_id).credit_payment_ids)
     return sorted((p for p in payments if p.unallocated_cents > 0), key=lambda p: (p.created_at, p.payment_id))

@@ -111,8 +111,7 @@ def _hand_back_step(books: Books, practice_id: str, invoice_id: str) -> Invoice:
     if not invoice.allocations:
         return invoice
     unit = UnitOfWork(practice_id)
-    after = invoice.without_allocations_of(set())
-    returned = _hand_back(books, unit, practice_id, invoice, after, room=MAX_ITEMS - 2)
+    returned = _hand_back(books, unit, practice_id, invoice, invoice.next(), room=MAX_ITEMS - 2)
     books.commit(unit)
     return returned
 
@@ -138,7 +137,8 @@ class NightSummary:
     skipped: str | None = None
 
 
-def _is_invoicing_night(practice: Practice, business_date: date) -> bool:
+def is_invoicing_night(practice: Practice, business_date: date) -> bool:
+    """Whether the practice invoices on the night of ``business_date`` (daily: every night; monthly: the 1st)."""
     if practice.invoice_creation is InvoiceCreation.DAILY:
         return True
     return practice.invoice_creation is InvoiceCreation.MONTHLY and business_date.day == 1
@@ -157,7 +157,7 @@ def invoice_night(books: NightStore, clock: Clock, practice_id: str, business_da
     dated before ``business_date`` (so a missed night is caught up). Safe to run twice or concurrently."""
     summary = NightSummary(practice_id)
     practice = books.get_practice(practice_id)
-    if practice is None or not _is_invoicing_night(practice, business_date):
+    if practice is None or not is_invoicing_night(practice, business_date):
         summary.skipped = "not an invoicing night for this practice" if practice else "practice not found"
         return summary
     issue_date = business_date - timedelta(days=1)  # the day that just ended

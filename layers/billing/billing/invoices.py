@@ -144,20 +144,9 @@ class Invoice(Record):
     def next(self) -> "Invoice":
         return self.model_copy(update={"version": self.version + 1})
 
-    def with_payment(self, payment_id: str, amount_cents: int) -> "Invoice":
-        """This invoice with ``amount_cents`` more of ``payment_id`` allocated to it."""
-        if not 0 < amount_cents <= self.available_cents:
-            raise ValueError("an allocation cannot exceed what the invoice owes")
-        return self._reallocated(payment_id, amount_cents).next()
-
     def without_payment(self, payment_id: str, amount_cents: int) -> "Invoice":
         """This invoice with ``amount_cents`` of ``payment_id``'s allocation taken back (a refund)."""
         return self._reallocated(payment_id, -amount_cents).next()
-
-    def without_allocations_of(self, payment_ids: set[str]) -> "Invoice":
-        """This (voided) invoice with the allocations of ``payment_ids`` handed back to their payments."""
-        kept = [a for a in self.allocations if a.payment_id not in payment_ids]
-        return self.model_copy(update={"allocations": kept}).next()
 
     def _reallocated(self, payment_id: str, delta_cents: int) -> "Invoice":
         current = sum(a.amount_cents for a in self.allocations if a.payment_id == payment_id)

@@ -30,9 +30,14 @@ def as_utc(instant: datetime) -> datetime:
     return instant.astimezone(UTC)
 
 
+def local_datetime(instant: datetime, timezone: str) -> datetime:
+    """The wall-clock date and time at ``instant`` in ``timezone``."""
+    return as_utc(instant).astimezone(ZoneInfo(timezone))
+
+
 def local_date(instant: datetime, timezone: str) -> date:
     """The calendar date at ``instant`` in ``timezone`` (DST-correct: days may be 23 or 25 hours)."""
-    return as_utc(instant).astimezone(ZoneInfo(timezone)).date()
+    return local_datetime(instant, timezone).date()
 
 
 UtcInstant = Annotated[AwareDatetime, AfterValidator(as_utc)]

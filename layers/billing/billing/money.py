@@ -15,10 +15,15 @@ _ZERO_DECIMAL = frozenset(
 )
 
 
+def has_minor_units(currency: str) -> bool:
+    """False for currencies counted in whole units (``jpy``: 1250 is ¥1250, not ¥12.50)."""
+    return currency.lower() not in _ZERO_DECIMAL
+
+
 def format_amount(cents: int, currency: str) -> str:
     """Render cents for people, e.g. ``format_amount(-1250, "usd") == "-12.50 USD"``."""
     code = currency.upper()
-    if currency.lower() in _ZERO_DECIMAL:
+    if not has_minor_units(currency):
         return f"{cents} {code}"
     sign = "-" if cents < 0 else ""
     major, minor = divmod(abs(cents), 100)

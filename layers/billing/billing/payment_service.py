@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from billing.allocation import payable_invoices, plan_claims
-from billing.books import Books, open_invoices
+from billing.books import Books, open_invoices, require_ledger
 from billing.calendar import Appointment, require_appointment
 from billing.cards import Card
-from billing.clients import require_client
 from billing.errors import (
     Conflict,
     InvalidRequest,
@@ -64,9 +63,8 @@ INVOICES_PER_STEP = MAX_ITEMS - 3
 PAYMENT_ROUTE = "POST /payments"
 
 
-def choose_card(books: Books, practice_id: str, client_id: str, card_id: str | None) -> Card:
-    """The named card, else the client's default card; 409 when the client has none."""
-    cards = books.cards_of(practice_id, client_id)
+def choose_card(cards: list[Card], card_id: str | None) -> Card:
+    """Among the client's ``cards``: the named card, else the default card; 409 when the client has none."""
     if card_id is not None:
         for card in cards:
             if card.card_id == card_id:
@@ -147,8 +145,10 @@ def _reserve(
 ) -> Payment | None:
     """Record the pending payment with its key and its first holds, atomically; None if the key is taken."""
     practice_id = practice.practice_id
-    client = require_client(books, practice_id, request.client_id)
-    card = choose_card(books, practice_id, client.client_id, request.card_id) if _by_card(request.method) else None
+    read = [require_ledger(books, practice_id, request.client_id)]  # one read: the client, its cards and invoices
+    client = read[0].client
+    by_card = _by_card(request.method)
+    card = choose_card(books.cards_by_id(practice_id, read[0].card_ids), request.card_id) if by_card else None
     minimum = minimum_charge_cents(practice.currency)
     if card is not None and request.amount_cents < minimum:
         raise InvalidRequest(
@@ -161,7 +161,8 @@ def _reserve(
         if books.get_idempotency_record(practice_id, key_record.key_digest) is not None:
             return None
         now = clock.now()
-        targets = payable_invoices(open_invoices(books, practice_id, client.client_id), request.invoice_ids)
+        ledger = read.pop() if read else None  # a retry after a lost race reads the client again
+        targets = payable_invoices(open_invoices(books, practice_id, client.client_id, ledger), request.invoice_ids)
         _resolve_stale_holds(books, gateway, clock, practice_id, targets)
         claims = plan_claims(request.amount_cents, targets, bool(request.invoice_ids), prepay)
         payment = Payment(

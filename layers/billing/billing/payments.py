@@ -179,7 +179,11 @@ class Refund(Record):
     # How a succeeded refund is taken off the books, applied in bounded steps (``takes_done`` so far).
     takes: list[RefundTake] = Field(default=[], exclude=True)
     takes_done: int = Field(default=0, exclude=True)
-    applied_cents: int = Field(default=0, exclude=True)
+
+    @property
+    def applied_cents(self) -> int:
+        """What of a succeeded refund is already off the books (its steps done so far)."""
+        return sum(take.amount_cents for take in self.takes[: self.takes_done])
 
     def next(self, **changes: object) -> "Refund":
         return self.model_copy(update={**changes, "version": self.version + 1})

@@ -6,7 +6,6 @@ Everything here acts for the client the verified token names, and only for them:
 
 from datetime import date, datetime, timedelta
 from typing import Protocol
-from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, model_validator
 
@@ -18,7 +17,7 @@ from billing.errors import Conflict, NotFound
 from billing.gateway import PaymentGateway
 from billing.invoice_service import InvoiceLister
 from billing.invoices import Invoice
-from billing.localtime import Clock, local_date
+from billing.localtime import Clock, local_date, local_datetime
 from billing.money import PositiveCents
 from billing.nightly import LATEST_LOCAL_TIME
 from billing.payment_service import take_payment
@@ -67,9 +66,8 @@ class PortalStore(PreviewStore, CardStore, InvoiceLister, Protocol):
 
 def coming_night(now: datetime, practice: Practice) -> date:
     """The business date of the next AutoPay night: today's before 06:00 local, else tomorrow's."""
-    today = local_date(now, practice.timezone)
-    local_time = now.astimezone(ZoneInfo(practice.timezone)).time()
-    return today if local_time < LATEST_LOCAL_TIME else today + timedelta(days=1)
+    local = local_datetime(now, practice.timezone)
+    return local.date() if local.time() < LATEST_LOCAL_TIME else local.date() + timedelta(days=1)
 
 
 def account(books: PortalStore, clock: Clock, practice: Practice, client_id: str) -> PortalAccount:

@@ -237,7 +237,6 @@ def _refund_step(books: Books, practice_id: str, refund_id: str, status: str, fa
     after = refund.next(
         takes=takes,
         takes_done=done,
-        applied_cents=refund.applied_cents + amount,
         status=RefundStatus.SUCCEEDED if done >= len(takes) else RefundStatus.PENDING,
     )
     books.commit(unit.change(refund, after).change(payment, after_payment))

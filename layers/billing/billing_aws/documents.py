@@ -21,14 +21,15 @@ class DocumentStore(BillingStore):
     def refunds_by_id(self, practice_id: str, refund_ids: Iterable[str]) -> list[Refund]:
         return [Refund.model_validate(i) for i in self._batch_get(practice_id, [keys.refund_sk(r) for r in refund_ids])]
 
-    def client_ledger(self, practice_id: str, client_id: str) -> tuple[list[Invoice], list[Payment], list[Refund]]:
+    def client_history(self, practice_id: str, client_id: str) -> tuple[list[Invoice], list[Payment], list[Refund]]:
         """All of a client's invoices, payments and refunds, listed from the timeline and read again by id."""
-        invoice_ids = [i.invoice_id for i in self.invoices_of(practice_id, client_id)]
         # The client item's maps are consistent: an invoice still open or a payment holding credit written a
         # moment ago is included even if the index has not caught up yet.
-        invoice_ids += self.open_invoice_ids(practice_id, client_id)
+        ledger = self.client_ledger(practice_id, client_id)
+        invoice_ids = [i.invoice_id for i in self.invoices_of(practice_id, client_id)]
+        invoice_ids += ledger.open_invoice_ids if ledger else []
         payment_ids = [p.payment_id for p in self.payments_of(practice_id, client_id)]
-        payment_ids += self.credit_payment_ids(practice_id, client_id)
+        payment_ids += ledger.credit_payment_ids if ledger else []
         refund_ids = [r.refund_id for r in self.refunds_of(practice_id, client_id)]
         return (
             self.invoices_by_id(practice_id, invoice_ids),

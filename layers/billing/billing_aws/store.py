@@ -6,8 +6,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from billing.accounts import Account
 from billing.autopay import Attempt, AutoPayState
+from billing.books import Account, ClientLedger
 from billing.calendar import Appointment, AppointmentStatus
 from billing.cards import Card
 from billing.clients import Client
@@ -471,13 +471,25 @@ class BillingStore:
             Payment.model_validate(i) for i in self._batch_get(practice_id, [keys.payment_sk(i) for i in payment_ids])
         ]
 
+    def client_ledger(self, practice_id: str, client_id: str) -> ClientLedger | None:
+        found = self._get(practice_id, keys.client_sk(client_id))
+        if found is None:
+            return None
+        return ClientLedger(
+            client=Client.model_validate(found),
+            account=Account(**{name: found.get(name, 0) for name in ACCOUNT_FIELDS}),
+            open_invoice_ids=sorted(found.get(OPEN_INVOICES) or {}),
+            credit_payment_ids=sorted(found.get(CREDIT_PAYMENTS) or {}),
+            card_ids=sorted(found.get(CARDS) or {}),
+        )
+
     def open_invoice_ids(self, practice_id: str, client_id: str) -> list[str]:
-        found = self._get(practice_id, keys.client_sk(client_id)) or {}
-        return sorted(found.get(OPEN_INVOICES) or {})
+        ledger = self.client_ledger(practice_id, client_id)
+        return ledger.open_invoice_ids if ledger else []
 
     def credit_payment_ids(self, practice_id: str, client_id: str) -> list[str]:
-        found = self._get(practice_id, keys.client_sk(client_id)) or {}
-        return sorted(found.get(CREDIT_PAYMENTS) or {})
+        ledger = self.client_ledger(practice_id, client_id)
+        return ledger.credit_payment_ids if ledger else []
 
     def get_idempotency_record(self, practice_id: str, key_digest: str) -> IdempotencyRecord | None:
         found = self._get(practice_id, keys.idempotency_sk(key_digest))
@@ -490,9 +502,13 @@ class BillingStore:
     # -- cards -------------------------------------------------------------------------------------
     def cards_of(self, practice_id: str, client_id: str) -> list[Card]:
         """The client's cards, oldest first, read consistently (a card added a moment ago is there)."""
-        found = self._get(practice_id, keys.client_sk(client_id)) or {}
-        sort_keys = [keys.card_sk(card_id) for card_id in sorted(found.get(CARDS) or {})]
-        cards = [Card.model_validate(item) for item in self._batch_get(practice_id, sort_keys)]
+        ledger = self.client_ledger(practice_id, client_id)
+        return self.cards_by_id(practice_id, ledger.card_ids) if ledger else []
+
+    def cards_by_id(self, practice_id: str, card_ids: list[str]) -> list[Card]:
+        cards = [
+            Card.model_validate(item) for item in self._batch_get(practice_id, [keys.card_sk(i) for i in card_ids])
+        ]
         return sorted(cards, key=lambda card: (card.created_at, card.card_id))
 
     def set_processor_customer(self, practice_id: str, client_id: str, customer_id: str) -> None:
