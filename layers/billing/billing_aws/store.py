@@ -6,7 +6,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from billing.autopay import Attempt, AutoPayState
+from billing.autopay import Attempt, AutoPayState, Outcome
 from billing.books import Account, ClientLedger
 from billing.calendar import Appointment, AppointmentStatus
 from billing.cards import Card
@@ -166,10 +166,21 @@ class BillingStore:
         return sorted({str(item["client_id"]) for item in found})
 
     def record_attempt(self, practice_id: str, attempt: Attempt) -> None:
-        """The night's outcome for one client (a repeat of the night writes the same row again)."""
+        """The night's outcome for one client. A charge or a decline is final for the night: a repeat (or a
+        concurrent run that found the payment in progress) may replace a skip, never a charge or decline."""
         sort_key = keys.autopay_attempt_sk(attempt.business_date, attempt.client_id)
         item = record_attributes(attempt) | keys.key(practice_id, sort_key) | {"kind": "autopay_attempt"}
-        self._db.put_item(TableName=self._table, Item=to_attributes(item))
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item=to_attributes(item),
+                ConditionExpression="attribute_not_exists(PK) OR #outcome = :skipped",
+                ExpressionAttributeNames={"#outcome": "outcome"},
+                ExpressionAttributeValues={":skipped": to_value(Outcome.SKIPPED.value)},
+            )
+        except ClientError as error:
+            if not is_condition_failure(error):
+                raise
 
     def attempts_on(self, practice_id: str, business_date: date) -> list[Attempt]:
         found = self._query(
