@@ -15,6 +15,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestValidationError,
 )
 from aws_lambda_powertools.event_handler.openapi.params import Path
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from billing.errors import (
@@ -27,6 +28,7 @@ from billing.errors import (
     ProcessorUnavailable,
 )
 from billing.payments import IdempotencyKey
+from billing_lambda import aws_clients
 from billing_lambda.observability import logger
 
 _STATUS_OF: list[tuple[type[BillingError], HTTPStatus]] = [
@@ -100,6 +102,16 @@ def build_resolver() -> APIGatewayHttpResolver:
         # A 500 is always a bug; the traceback goes to the log (ids only, no request body).
         logger.exception("unhandled error")
         return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", "something went wrong on our side")
+
+    @app.exception_handler([ClientError, BotoCoreError])
+    def _aws_error(error: Exception) -> Response:
+        # AWS busy or out of reach after the SDK's retries is not a bug: a 503 the caller may retry as it is.
+        if not aws_clients.unavailable(error):
+            return _bug(error)
+        code = getattr(error, "response", {}).get("Error", {}).get("Code") or type(error).__name__
+        logger.warning("AWS unavailable", extra={"aws_error": code})
+        message = "the service is busy; retry the request (payments and refunds with the same Idempotency-Key)"
+        return error_response(HTTPStatus.SERVICE_UNAVAILABLE, "service_unavailable", message)
 
     return app
 
