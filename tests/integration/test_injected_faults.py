@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 from pydantic import SecretStr
 
 from billing import autopay
@@ -109,6 +109,40 @@ def owing(books: Books, gateway: FakeGateway) -> tuple[str, str]:
     client_id = _card_client(books, gateway)
     [invoice_id] = _invoices(books, client_id, 1, fee=5000)
     return client_id, invoice_id
+
+
+# -- what the HTTP edge answers 503 ---------------------------------------------------------------------------
+
+
+def _client_error(code: str, status: int) -> ClientError:
+    response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "TransactWriteItems")
+
+
+def _code(error: Exception) -> str:
+    return str(getattr(error, "response", {}).get("Error", {}).get("Code") or type(error).__name__)
+
+
+BUSY = [
+    _client_error("ProvisionedThroughputExceededException", 400),
+    _client_error("ThrottlingException", 400),
+    _client_error("InternalServerError", 500),
+    _client_error("SlowDown", 503),
+    EndpointConnectionError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com"),
+]
+OURS = [
+    _client_error(code, 400) for code in ("ValidationException", "AccessDeniedException", "ResourceNotFoundException")
+]
+
+
+@pytest.mark.parametrize("error", BUSY, ids=_code)
+def test_an_aws_busy_or_out_of_reach_after_the_retries_is_a_503(error: Exception) -> None:
+    assert aws_clients.unavailable(error)
+
+
+@pytest.mark.parametrize("error", OURS, ids=_code)
+def test_an_aws_error_that_says_our_call_was_wrong_stays_a_500(error: Exception) -> None:
+    assert not aws_clients.unavailable(error)
 
 
 # -- DynamoDB on payment writes -------------------------------------------------------------------------------
@@ -490,7 +524,6 @@ STRIPE_ATTEMPTS = 1 + MAX_NETWORK_RETRIES
 EMULATOR_FAULTS: dict[str, Callable[[StripeEmulator], None]] = {
     "timeout_after_success": lambda e: e.fail_after_success("/v1/payment_intents", times=STRIPE_ATTEMPTS),
     "server_error": lambda e: e.fail_next_request("/v1/payment_intents", times=STRIPE_ATTEMPTS, status=500),
-    "rate_limited": lambda e: e.fail_next_request("/v1/payment_intents", times=1, status=429),
 }
 NIGHT = date(2026, 11, 28)
 AT_0330 = datetime(2026, 11, 28, 9, 30, tzinfo=UTC)  # 03:30 in Chicago
