@@ -11,7 +11,7 @@ PRACTICE ?= prac_demo
 export AWS_DEFAULT_REGION ?= us-east-1
 export PYTHONPATH := $(CURDIR)/layers/billing:$(CURDIR)
 
-.PHONY: run test token lint typecheck validate unit integration e2e check-system check-test-system clean bench-documents
+.PHONY: run test token lint typecheck validate unit integration e2e check-system check-test-system clean bench
 
 $(STAMP): requirements-dev.txt layers/billing/requirements.txt functions/render_invoice/requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,9 +54,10 @@ e2e: $(STAMP)
 test: $(STAMP) check-test-system lint typecheck validate
 	$(BIN)/pytest -q -n 2 tests
 
-# Not part of `make test`: render times of the documents (README "Billing documents and finance exports").
-bench-documents: $(STAMP) check-system
-	$(BIN)/python tests/benchmarks/documents.py
+# Not part of `make test`: cold starts, round-trips, the night at scale, documents and API latency, each against
+# a baseline measured in the same run; writes bench/results.md (README "Performance"). BENCH=--quick: small sizes.
+bench: $(STAMP) check-system
+	$(BIN)/python -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .aws-sam

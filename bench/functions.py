@@ -93,7 +93,22 @@ class InProcessFunctions:
         client_id: str | None = None,
     ) -> Answer:
         """Call the route that serves ``method path`` as the verified token of ``practice_id`` would."""
-        matched = self._routes.match(method, path.partition("?")[0])
+        function_id, event = self.http_event(method, path, practice_id, body, headers, role, client_id)
+        return answer(self.invoke(function_id, event))
+
+    def http_event(
+        self,
+        method: str,
+        path: str,
+        practice_id: str,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        role: str = "clinician",
+        client_id: str | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """The function serving ``method path``, and the HTTP API event API Gateway would send it."""
+        raw_path, _, raw_query = path.partition("?")
+        matched = self._routes.match(method, raw_path)
         if isinstance(matched, list):
             raise LookupError(f"no route serves {method} {path}")
         route, parameters = matched
@@ -102,14 +117,13 @@ class InProcessFunctions:
             claims["custom:client_id"] = client_id
         incoming = IncomingRequest(
             method=method,
-            raw_path=path.partition("?")[0],
-            raw_query=path.partition("?")[2],
+            raw_path=raw_path,
+            raw_query=raw_query,
             headers=[("content-type", "application/json"), *(headers or {}).items()],
             body=b"" if body is None else json.dumps(body).encode(),
             source_ip="127.0.0.1",
         )
-        result = self.invoke(route.function_id, http_event(incoming, route, parameters, claims))
-        return Answer(int(result["statusCode"]), json.loads(result["body"]) if result.get("body") else None)
+        return route.function_id, http_event(incoming, route, parameters, claims)
 
     def deliver(self, function_id: str, bodies: list[dict[str, Any]]) -> Any:
         """Deliver ``bodies`` to an SQS worker as one batch, as its event source mapping would."""
@@ -127,6 +141,11 @@ class InProcessFunctions:
     def dynamodb(self) -> Any:
         """The DynamoDB client every handler of this process talks through."""
         return client("dynamodb")
+
+
+def answer(result: dict[str, Any]) -> Answer:
+    """What a caller sees of a handler's HTTP API result."""
+    return Answer(int(result["statusCode"]), json.loads(result["body"]) if result.get("body") else None)
 
 
 @contextmanager

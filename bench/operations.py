@@ -4,15 +4,7 @@ their lower bounds) and by tests/integration/test_round_trips.py (no Scan, and t
 Each operation is driven through the real handlers (bench/functions.py) on a practice of its own, set up through
 the API first and not counted; then only the operation's own calls are recorded, by a botocore ``before-call``
 hook on the handlers' DynamoDB client. Each comes with its lower bound: the fewest reads and transactions it can
-be done in under these rules (`Bound.why` says how):
-
-- Reads whose keys the request already names (the practice, the client, the key record, the object) are one
-  consistent BatchGetItem round; keys found in what was read (a client's invoices and cards, a payment's invoices)
-  need another round. A BatchGetItem takes 100 keys; an index Query is a call of its own.
-- What must change together is one TransactWriteItems of at most 100 items; work that can grow is split into
-  steps, each carrying the item that records the progress (the payment).
-- A card charge or refund is exactly-once only with a write before the processor call (reserve) and one after
-  (settle), so it needs two transactions at least.
+be done in under `BOUND_RULES` (`Bound.why` says how).
 """
 
 from __future__ import annotations
@@ -24,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from time import perf_counter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -37,15 +30,26 @@ TRANSACTIONS = ("TransactWriteItems",)
 BATCH_GET_KEYS = 100  # DynamoDB: at most 100 keys in one BatchGetItem
 ZONE = "America/Chicago"
 FEE_CENTS = 15000
+BOUND_RULES = """
+- Reads whose keys the request already names (the practice, the client, the key record, the object) are one
+  consistent BatchGetItem round; keys found in what was read (a client's invoices and cards, a payment's invoices)
+  need another round. A BatchGetItem takes 100 keys; an index Query is a call of its own.
+- What must change together is one TransactWriteItems of at most 100 items; work that can grow is split into
+  steps, each carrying the item that records the progress (the payment).
+- A card charge or refund is exactly-once only with a write before the processor call (reserve) and one after
+  (settle), so it needs two transactions at least.
+"""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Call:
-    """One DynamoDB request: its operation, the index a Query read, and how many items it names."""
+    """One DynamoDB request: its operation, the index a Query read, how many items it names, and the seconds from
+    sending it to having its answer parsed."""
 
     operation: str
     index: str | None = None
     items: int = 1
+    seconds: float = 0.0
 
 
 @dataclass
@@ -53,6 +57,13 @@ class Calls:
     """The DynamoDB requests one operation made, in order."""
 
     calls: list[Call] = field(default_factory=list)
+    elapsed: float = 0.0  # seconds the whole operation took
+
+    @property
+    def own_seconds(self) -> float:
+        """The operation's time outside DynamoDB calls: the handler's own work (validation, rules, serialising
+        requests), what Lambda bills beside the waits."""
+        return self.elapsed - sum(call.seconds for call in self.calls)
 
     def count(self, *operations: str) -> int:
         return sum(1 for call in self.calls if call.operation in operations)
@@ -137,21 +148,30 @@ class CallLog:
 
     def __init__(self, client: Any) -> None:
         self._recording: Calls | None = None
+        self._sent = 0.0
         client.meta.events.register("before-call.dynamodb", self._record)
+        client.meta.events.register("after-call.dynamodb", self._answered)
 
     def _record(self, model: Any, params: dict[str, Any], **_: Any) -> None:
         """``params`` is the request about to be sent; its JSON body holds the API parameters."""
         if self._recording is not None:
             sent = json.loads(params.get("body") or b"{}")
             self._recording.calls.append(Call(model.name, sent.get("IndexName"), _items_named(model.name, sent)))
+            self._sent = perf_counter()
+
+    def _answered(self, **_: Any) -> None:
+        if self._recording is not None and self._recording.calls:
+            self._recording.calls[-1].seconds = perf_counter() - self._sent
 
     @contextmanager
     def recording(self) -> Iterator[Calls]:
         calls = Calls()
         self._recording = calls
+        started = perf_counter()
         try:
             yield calls
         finally:
+            calls.elapsed = perf_counter() - started
             self._recording = None
 
 

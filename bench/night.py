@@ -1,0 +1,319 @@
+"""The night at scale: P practices in several time zones, each with C clients (a card on file, enrolled in AutoPay)
+and A appointments the day before; then each zone's daily invoicing and AutoPay fired as EventBridge Scheduler
+would, through the local stack (local/stack.py): entry function -> SQS -> worker functions, every function in
+worker processes of its own, against a moto server (bench/moto_server.py) and the Stripe emulator.
+
+Every practice is a copy of a template practice per zone that was made through the API (so its items are the
+ones the product writes), written with BatchWriteItem under a new practice id. Each size starts from an empty
+table. Reports invoices/s, payments/s and how the time grows with P (least-squares slope, and time(P)/P).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import requests
+
+from bench.measure import progress
+from bench.report import Row, Section, table
+from billing.localtime import local_date
+from billing.nightly import NightlyJob, nightly_run_time
+from local.aws import LocalAws, configure_environment, provision, restore_environment
+from local.stack import LocalStack, start_stack
+from local.template import Resolver
+from local.token import make_token
+
+ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
+SIZES = (250, 500, 1000, 2000)
+QUICK_SIZES = (8, 16)
+CLIENTS = 2  # per practice, each with a card on file and enrolled in AutoPay
+APPOINTMENTS = 4  # per practice, yesterday, spread over its clients
+TEMPLATE_ID = "prac_nighttemplate{zone}"
+WRITE_BATCH = 25  # DynamoDB: at most 25 items in one BatchWriteItem
+
+
+@dataclass(frozen=True)
+class Night:
+    """One size's night: how long each part took and what it made."""
+
+    practices: int
+    invoicing_seconds: float
+    invoices: int
+    autopay_seconds: float
+    payments: int
+
+
+@contextmanager
+def moto_process() -> Iterator[LocalAws]:
+    """bench/moto_server.py in a process of its own; this process's AWS environment points at it meanwhile."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.moto_server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        endpoint = server.stdout.readline().strip()
+        aws = LocalAws(endpoint=endpoint, region="us-east-1")
+        previous = configure_environment(aws.endpoint, aws.region)
+        try:
+            yield aws
+        finally:
+            restore_environment(previous)
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        server.wait(30)
+
+
+class Api:
+    """HTTP calls to the local stack as one practice's staff."""
+
+    def __init__(self, url: str, practice_id: str) -> None:
+        self.url = url
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.headers["Authorization"] = f"Bearer {make_token(practice_id)}"
+
+    def call(self, method: str, path: str, body: Any) -> Any:
+        response = self.session.request(method, self.url + path, json=body, timeout=60)
+        if response.status_code >= 300:
+            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
+        return response.json()
+
+
+def make_template(stack: LocalStack, zone: str, practice_id: str, clients: int, appointments: int) -> None:
+    """One practice made through the API: daily invoicing and AutoPay on, ``clients`` clients with a card and
+    AutoPay, ``appointments`` attended appointments yesterday (local)."""
+    api = Api(stack.url, practice_id)
+    api.call(
+        "PUT", "/practice", {"name": "Night", "timezone": zone, "invoice_creation": "daily", "autopay_enabled": True}
+    )
+    client_ids = [
+        api.call("POST", "/clients", {"first_name": "Ada", "last_name": "Byron"})["client_id"] for _ in range(clients)
+    ]
+    for client_id in client_ids:
+        api.call("POST", f"/clients/{client_id}/cards", {"payment_method_id": "pm_card_visa"})
+        api.call("PUT", f"/clients/{client_id}/autopay", {"enabled": True})
+    yesterday = business_day(zone) - timedelta(days=1)
+    for number in range(appointments):
+        starts = datetime.combine(yesterday, datetime.min.time(), ZoneInfo(zone)) + timedelta(hours=9, minutes=number)
+        appointment = {
+            "client_id": client_ids[number % clients],
+            "starts_at": starts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "duration_minutes": 50,
+            "service_code": "90837",
+            "fee_cents": 15000,
+            "status": "show",
+        }
+        api.call("POST", "/appointments", appointment)
+
+
+def business_day(zone: str) -> date:
+    """The business date of the zone's coming night: its local today (the appointments are the day before)."""
+    return local_date(datetime.now(UTC), zone)
+
+
+def partition_items(aws: LocalAws, table_name: str, practice_id: str) -> list[dict[str, Any]]:
+    """Every item of the practice's partition, as stored."""
+    pages = (
+        aws.client("dynamodb")
+        .get_paginator("query")
+        .paginate(
+            TableName=table_name,
+            KeyConditionExpression="PK = :pk",
+            ExpressionAttributeValues={":pk": {"S": f"PRACTICE#{practice_id}"}},
+            ConsistentRead=True,
+        )
+    )
+    return [item for page in pages for item in page["Items"]]
+
+
+def copy_id(number: int) -> str:
+    return f"prac_night{number:06d}"
+
+
+def seed(aws: LocalAws, table_name: str, templates: dict[str, list[dict[str, Any]]], practices: int) -> None:
+    """``practices`` copies of the templates (template id -> its items), round-robin over them."""
+    texts = {template_id: json.dumps(items) for template_id, items in templates.items()}
+    ids = list(texts)
+    items: list[dict[str, Any]] = []
+    for number in range(practices):
+        template_id = ids[number % len(ids)]
+        items += json.loads(texts[template_id].replace(template_id, copy_id(number)))
+    dynamodb = aws.client("dynamodb")
+    for start in range(0, len(items), WRITE_BATCH):
+        batch = items[start : start + WRITE_BATCH]
+        pending: dict[str, Any] = {table_name: [{"PutRequest": {"Item": item}} for item in batch]}
+        while pending:
+            pending = dynamodb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+
+
+def empty_table(aws: LocalAws, resolver: Resolver, table_name: str) -> None:
+    aws.client("dynamodb").delete_table(TableName=table_name)
+    provision(aws, resolver.template)
+
+
+def fire_every_zone(url: str, job: NightlyJob) -> tuple[float, dict[str, int]]:
+    """Fire ``job`` in every zone at once, as the zones' schedules would at their local times on the business day;
+    the seconds until every fire's drain was done, and the workers' summaries added up."""
+
+    def fire(zone: str) -> dict[str, Any]:
+        local_time = nightly_run_time(zone, job, datetime.now(UTC))
+        instant = datetime.combine(business_day(zone), local_time, ZoneInfo(zone)).astimezone(UTC)
+        body = {"schedule": job.value, "timezone": zone, "scheduled_time": instant.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        response = requests.post(f"{url}/_local/scheduler/fire", json=body, timeout=3600)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        if result["failed"]:
+            raise RuntimeError(f"{job.value} in {zone}: {result['failed']} messages failed")
+        return result
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(ZONES)) as pool:
+        results = list(pool.map(fire, ZONES))
+    seconds = time.perf_counter() - start
+    totals: dict[str, int] = {}
+    for result in results:
+        for name, value in result["summary"].items():
+            totals[name] = totals.get(name, 0) + int(value)
+    return seconds, totals
+
+
+def one_night(stack: LocalStack, templates: dict[str, list[dict[str, Any]]], practices: int, clients: int) -> Night:
+    table_name = stack.resolver.physical_name("BillingTable")
+    empty_table(stack.aws, stack.resolver, table_name)
+    seed(stack.aws, table_name, templates, practices)
+    invoicing, made = fire_every_zone(stack.url, NightlyJob.DAILY_INVOICES)
+    autopay, charged = fire_every_zone(stack.url, NightlyJob.AUTOPAY)
+    night = Night(practices, invoicing, made.get("invoices_created", 0), autopay, charged.get("charged", 0))
+    if night.invoices != practices * clients or night.payments != practices * clients:
+        raise RuntimeError(f"expected {practices * clients} invoices and payments: {night}")
+    progress(f"night of {practices} practices: invoicing {invoicing:.1f} s, AutoPay {autopay:.1f} s")
+    return night
+
+
+def attribute_size(value: dict[str, Any]) -> int:
+    """Bytes DynamoDB counts for an attribute value (its size rules: UTF-8 strings, numbers about one byte per two
+    digits plus one, 1 for booleans and nulls, 3 plus one per element and the contents for maps and lists)."""
+    ((kind, content),) = value.items()
+    if kind == "S":
+        return len(content.encode())
+    if kind == "N":
+        return len(content.lstrip("-").replace(".", "").strip("0")) // 2 + 1
+    if kind == "M":
+        return 3 + sum(len(name.encode()) + attribute_size(item) + 1 for name, item in content.items())
+    if kind == "L":
+        return 3 + sum(attribute_size(item) + 1 for item in content)
+    if kind in ("SS", "NS"):
+        return sum(len(str(item).encode()) for item in content)
+    return 1  # BOOL, NULL
+
+
+def item_sizes(items: list[dict[str, Any]]) -> dict[str, int]:
+    """The largest stored size, in bytes, of each kind of item (named by its sort key's prefix)."""
+    sizes: dict[str, int] = {}
+    for item in items:
+        kind = item["SK"]["S"].split("#", 1)[0]
+        size = sum(len(name.encode()) + attribute_size(value) for name, value in item.items())
+        sizes[kind] = max(sizes.get(kind, 0), size)
+    return sizes
+
+
+def slope(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares line through (P, seconds): seconds per practice, and the intercept."""
+    count = len(points)
+    mean_x = sum(x for x, _ in points) / count
+    mean_y = sum(y for _, y in points) / count
+    per = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+    return per, mean_y - per * mean_x
+
+
+def _rows(nights: list[Night], part: str, seconds_of: str, made_of: str, unit: str) -> list[Row]:
+    first = nights[0]
+    per_first = getattr(first, seconds_of) / first.practices
+    rows = []
+    for night in nights:
+        seconds, made = getattr(night, seconds_of), getattr(night, made_of)
+        per = seconds / night.practices
+        rows.append(
+            Row(
+                f"{part}, P = {night.practices:,}: time(P)/P",
+                f"{per * 1000:.1f} ms ({seconds:.1f} s, {made / seconds:.1f} {unit}/s)",
+                f"P = {first.practices:,}: {per_first * 1000:.1f} ms",
+                per / per_first,
+            )
+        )
+    per, intercept = slope([(night.practices, getattr(night, seconds_of)) for night in nights])
+    rows.append(
+        Row(f"{part}: least-squares slope", f"{per * 1000:.1f} ms per practice (+ {intercept:.1f} s)", "", None)
+    )
+    return rows
+
+
+def run(quick: bool = False, clients: int = CLIENTS, appointments: int = APPOINTMENTS) -> Section:
+    sizes = QUICK_SIZES if quick else SIZES
+    started = time.perf_counter()
+    with moto_process() as aws:
+        stack = start_stack(aws=aws, scheduler=False, preload=False, quiet=True)
+        try:
+            table_name = stack.resolver.physical_name("BillingTable")
+            templates = {}
+            for number, zone in enumerate(ZONES):
+                template_id = TEMPLATE_ID.format(zone=number)
+                make_template(stack, zone, template_id, clients, appointments)
+                templates[template_id] = partition_items(aws, table_name, template_id)
+            one_night(stack, templates, len(ZONES), clients)  # warm-up: every worker's cold start happens here
+            nights = [one_night(stack, templates, size, clients) for size in sizes]
+            stored = item_sizes(partition_items(aws, table_name, copy_id(0)))  # a practice after its night
+        finally:
+            stack.stop()
+    rows = _rows(nights, "daily invoicing", "invoicing_seconds", "invoices", "invoices")
+    rows += _rows(nights, "AutoPay", "autopay_seconds", "payments", "payments")
+    spread = [max(r.ratio or 0 for r in part) for part in (rows[: len(nights)], rows[len(nights) + 1 : -1])]
+    notes = NOTES.format(
+        zones=", ".join(ZONES),
+        zone_count=len(ZONES),
+        clients=clients,
+        appointments=appointments,
+        sizes=", ".join(f"{size:,}" for size in sizes),
+        invoicing_spread=spread[0],
+        autopay_spread=spread[1],
+        minutes=(time.perf_counter() - started) / 60,
+        sizes_table=table(["item", *stored], [["bytes", *map(str, stored.values())]]),
+    )
+    return Section("The night at scale", rows, notes)
+
+
+NOTES = """\
+P practices ({sizes}) round-robin over {zones}; each with {clients} clients (a card on file, enrolled in AutoPay)
+and {appointments} attended appointments the day before, spread over its clients. Each size starts from an empty
+table; one small night first warms every worker up (cold starts are not in these figures). Then every zone's
+`daily_invoices` schedule is fired at once (`POST /_local/scheduler/fire` at its local time on the business day),
+and when all are done every zone's `autopay` (03:30 local): entry function -> SQS -> worker functions, each
+function in worker processes of its own (local/functions.py), each fire's drain delivering the batches the
+template's event source mappings would (10 practices, 5 clients), so up to {zone_count} batches run at once.
+Every invoice and every charge is checked to have happened (P x {clients} of each).
+
+- **Stripe stand-in**: the local Stripe emulator (local/stripe_emulator.py), reached by the workers through the
+  real Stripe SDK (billing_stripe); it answers in about a millisecond, where Stripe takes hundreds (docs/scale.md
+  accounts for that).
+- **AWS stand-in**: moto's server in its own process, serving one request at a time, with its Query narrowed to
+  the queried partition (bench/moto_server.py: moto otherwise reads and sorts the whole table on every Query,
+  which would make any night quadratic on moto alone). The absolute rates are moto's on this machine; the shape
+  is the figure: the worst time(P)/P over the smallest size's is {invoicing_spread:.2f} for invoicing and
+  {autopay_spread:.2f} for AutoPay (1.00 is exactly linear).
+- This part of the bench took {minutes:.1f} minutes, seeding included.
+
+Item sizes after a practice's night (DynamoDB's size rules; docs/scale.md prices request units with them):
+
+{sizes_table}
+"""
