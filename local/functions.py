@@ -54,7 +54,7 @@ from multiprocessing.reduction import send_handle
 from pathlib import Path
 from typing import Any
 
-from local import iam_audit
+from local import capture, iam_audit
 from local.template import FunctionSpec, Resolver, Template
 
 START_METHOD_VARIABLE = "BILLING_LOCAL_WORKER_START"
@@ -524,6 +524,7 @@ class _Pool:
             "memory_size": spec.memory_size,
             "function_arn": self.host.resolver.function_arn(self.function_id),
             "iam_audit": audit,
+            "capture": capture.worker_config(environment),
             "patches": [patch.as_message() for patch in self.host.patches],
         }
 

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any
 
 from local.aws import LOCAL_CREDENTIALS, LocalAws, provision, put_secret, restore_environment, start_moto
+from local.capture import CAPTURE_VARIABLE
 from local.iam_audit import AUDIT_VARIABLE
 from local.scheduler import LocalScheduler
 from local.server import LocalServer
@@ -61,6 +62,7 @@ class LocalStack:
     stripe: Any | None = None
     scheduler: LocalScheduler | None = None
     owns_aws: bool = True
+    capture: Path | None = None
     saved_environment: dict[str, str | None] = field(default_factory=dict, repr=False)
     applied_environment: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -161,6 +163,7 @@ def start_stack(
     preload: bool = True,
     quiet: bool = False,
     iam_audit: str | Path | None = None,
+    capture: str | Path | None = None,
 ) -> LocalStack:
     """Start the local stack in this process and return once its API answers.
 
@@ -168,7 +171,8 @@ def start_stack(
     owner stops it); ``stripe=False`` leaves the Stripe settings alone; ``scheduler=False`` skips
     the once-a-minute cron thread (``/_local/scheduler/fire`` works either way); ``iam_audit``
     names a folder where the functions' workers record DynamoDB calls their IAM statements do not
-    allow (`local.iam_audit`). Functions run in worker processes (`local.functions`) whose
+    allow (`local.iam_audit`), ``capture`` one where they record what leaves their processes (output,
+    AWS calls, trace data; `local.capture`). Functions run in worker processes (`local.functions`) whose
     environment is fixed here: the moto server's endpoint and credentials and the Stripe settings
     reach them whatever this process's os.environ says later.
     """
@@ -197,6 +201,7 @@ def start_stack(
         template=template,
         resolver=resolver,
         owns_aws=owns_aws,
+        capture=Path(capture).resolve() if capture is not None else None,
         saved_environment=saved,
     )
     try:
@@ -209,6 +214,8 @@ def start_stack(
         }
         if iam_audit is not None:
             worker_environment[AUDIT_VARIABLE] = str(Path(iam_audit).resolve())
+        if stack.capture is not None:
+            worker_environment[CAPTURE_VARIABLE] = str(stack.capture)
         server.start(overrides, worker_environment=worker_environment)
         if preload:
             for function_id, error in server.functions.preload().items():

@@ -7,9 +7,10 @@ message is the configuration; its ``mode`` says what the process becomes:
 
 * ``single``: put the function's ``CodeUri`` folder and the layers first on ``sys.path``, change into
   the ``CodeUri`` folder (Lambda's ``/var/task``), install the IAM audit when ``BILLING_LOCAL_IAM_AUDIT``
-  is set (`local.iam_audit`) and import the handler: the cold start. Answer ``ready`` (or the init
-  error), then serve one event at a time (``invoke``: the handler's JSON result, or the exception it
-  raised as Lambda's runtime reports it) until the socket closes.
+  is set (`local.iam_audit`) and the capture when ``BILLING_LOCAL_CAPTURE`` is (`local.capture`), and
+  import the handler: the cold start. Answer ``ready`` (or the init error), then serve one event at a
+  time (``invoke``: the handler's JSON result, or the exception it raised as Lambda's runtime reports
+  it) until the socket closes.
 * ``zygote`` (Linux): the same cold start, but never run an event: fork an initialised copy of itself
   for every worker the host asks for (the worker's socket arrives with the request, SCM_RIGHTS), so
   scaling up costs a fork instead of another cold start.
@@ -128,6 +129,7 @@ class Channel:
         self.connection: Connection | None = None
         self.lock = threading.Lock()
         self.backlog: list[bytes] = []
+        self.tap: Callable[[str, str], None] | None = None  # sees every piece of output first (`local.capture`)
 
     def open(self, connection: Connection) -> None:
         """Send log lines to ``connection`` from now on, starting with those that waited."""
@@ -156,6 +158,8 @@ class Channel:
 
     def log(self, stream: str, text: str) -> None:
         """A piece of output: sent while an event runs, kept otherwise."""
+        if self.tap is not None:
+            self.tap(stream, text)
         frame = json.dumps({"log": stream, "text": text}).encode("utf-8")
         with self.lock:
             if self.connection is None:
@@ -227,9 +231,14 @@ class Runtime:
         self.handler: Callable[[Any, Any], Any] | None = None
 
     def load(self) -> None:
-        """The cold start: sys.path and working folder as in Lambda, the IAM audit, the handler import."""
+        """The cold start: sys.path and working folder as in Lambda, the IAM audit and capture, the handler import."""
         sys.path[:] = list(self.config["sys_path"])
         os.chdir(self.config["code_dir"])
+        capture = self.config.get("capture")
+        if capture:
+            from local.capture import install as install_capture
+
+            CHANNEL.tap = install_capture(self.function_id, capture)
         audit = self.config.get("iam_audit")
         if audit:
             from local.iam_audit import FunctionAudit, install

@@ -11,6 +11,7 @@ which a violation was recorded fails (``iam_audit``).
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from local.stack import LocalStack, start_stack
+from local.stack import EMULATOR_SECRET_KEY, LocalStack, start_stack
 from local.template import DEFAULT_TEMPLATE
 from local.token import make_token
 from tests.e2e.iam_audit import IamAuditLog
@@ -76,14 +77,22 @@ def iam_audit(tmp_path_factory: pytest.TempPathFactory) -> IamAuditLog:
 
 
 @pytest.fixture(scope="session")
-def stack(iam_audit: IamAuditLog) -> Iterator[LocalStack]:
+def stack(iam_audit: IamAuditLog, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """The local stack for template.yaml, started once per test process.
 
     Without the once-a-minute cron thread: tests make the night happen with /_local/scheduler/fire,
-    and a schedule firing on the wall clock in the middle of a test would make it flaky.
+    and a schedule firing on the wall clock in the middle of a test would make it flaky. Its functions
+    record what leaves their processes in ``stack.capture`` (`local.capture`; the PHI canary reads it).
     """
     template = DEFAULT_TEMPLATE if DEFAULT_TEMPLATE.exists() else FIXTURE_TEMPLATE
-    running = start_stack(port=0, template_path=template, scheduler=False, quiet=True, iam_audit=iam_audit.folder)
+    running = start_stack(
+        port=0,
+        template_path=template,
+        scheduler=False,
+        quiet=True,
+        iam_audit=iam_audit.folder,
+        capture=tmp_path_factory.mktemp("capture"),
+    )
     yield running
     running.stop()
 
@@ -164,3 +173,45 @@ def appointment_body(
 def book(session: ApiSession, client_id: str, **body: Any) -> requests.Response:
     """Put an appointment on the calendar; keyword arguments override `appointment_body`'s defaults."""
     return session.post("/appointments", json=appointment_body(client_id, **body))
+
+
+def idempotency_key() -> dict[str, str]:
+    """A fresh ``Idempotency-Key`` header (payments and refunds need one)."""
+    return {"Idempotency-Key": f"key-{uuid.uuid4().hex}"}
+
+
+def fire(api: ApiSession, schedule: str, timezone: str, scheduled_time: str) -> dict[str, Any]:
+    """Make a night happen: ``schedule``'s entry for ``timezone`` at ``scheduled_time``, its queues drained."""
+    body = {"schedule": schedule, "timezone": timezone, "scheduled_time": scheduled_time}
+    response = api.post("/_local/scheduler/fire", json=body)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def download(url: str) -> bytes:
+    """What a presigned URL serves (straight from the embedded S3, whatever HTTP(S)_PROXY says)."""
+    with requests.Session() as plain:
+        plain.trust_env = False
+        response = plain.get(url, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+def pdf_text(pdf: bytes) -> str:
+    """A PDF's text as ``pdftotext`` reads it, runs of whitespace made one space."""
+    assert pdf.startswith(b"%PDF")
+    out = subprocess.run(["pdftotext", "-layout", "-", "-"], input=pdf, capture_output=True, check=True).stdout
+    return " ".join(out.decode().split())
+
+
+def refund_at_stripe(stack: LocalStack, payment_intent: str, amount: int) -> dict[str, Any]:
+    """A refund made in Stripe's dashboard: straight to the processor, nothing of ours in its metadata."""
+    assert stack.stripe is not None
+    response = requests.post(
+        f"{stack.stripe.url}/v1/refunds",
+        data={"payment_intent": payment_intent, "amount": amount},
+        auth=(EMULATOR_SECRET_KEY, ""),
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())

@@ -6,17 +6,13 @@ from typing import Any
 import requests
 
 from local.stack import LocalStack
-from tests.e2e.conftest import Api, ApiSession, book
+from tests.e2e.conftest import Api, ApiSession, book, fire
 
 ZONE = "America/Chicago"
 
 
 def _fire(api: Api, schedule: str, scheduled_time: str) -> dict[str, Any]:
-    response = api.post(
-        "/_local/scheduler/fire", json={"schedule": schedule, "timezone": ZONE, "scheduled_time": scheduled_time}
-    )
-    assert response.status_code == 200, response.text
-    return dict(response.json())
+    return fire(api, schedule, ZONE, scheduled_time)
 
 
 def _night(api: Api, day: int) -> dict[str, Any]:

@@ -4,16 +4,14 @@ tenancy, superbill refusals and finance exports (on demand and from the nightly 
 import csv
 import io
 import shutil
-import subprocess
 import uuid
 from typing import Any
 
 import boto3
 import pytest
-import requests
 
 from local.stack import LocalStack
-from tests.e2e.conftest import Api, ApiSession, book
+from tests.e2e.conftest import Api, ApiSession, book, download, fire, pdf_text
 
 pytestmark = pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs poppler-utils (pdftotext)")
 
@@ -47,20 +45,6 @@ def _invoice(session: ApiSession, client_id: str, starts_at: str = "2026-11-20T1
     return str(response.json()["invoice_id"])
 
 
-def _download(url: str) -> bytes:
-    with requests.Session() as plain:
-        plain.trust_env = False
-        response = plain.get(url, timeout=30)
-    assert response.status_code == 200, response.text
-    return response.content
-
-
-def _text(pdf: bytes) -> str:
-    assert pdf.startswith(b"%PDF")
-    out = subprocess.run(["pdftotext", "-layout", "-", "-"], input=pdf, capture_output=True, check=True).stdout
-    return " ".join(out.decode().split())
-
-
 def _objects(prefix: str) -> list[str]:
     listed = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix)
     return sorted(o["Key"] for o in listed.get("Contents", []))
@@ -73,7 +57,7 @@ def test_an_invoice_pdf_is_cached_until_a_payment_makes_it_paid(api: Api) -> Non
     first = session.get(f"/invoices/{invoice_id}/pdf")
     assert first.status_code == 200, first.text
     assert "Grace" not in first.json()["url"] and "Hopper" not in first.json()["url"]
-    text = _text(_download(first.json()["url"]))
+    text = pdf_text(download(first.json()["url"]))
     assert "Grace Hopper" in text and "Harbor Therapy" in text and "Status Unpaid" in text and "PAID" not in text
 
     prefix = f"documents/{session.practice_id}/invoice/{invoice_id}/"
@@ -89,11 +73,11 @@ def test_an_invoice_pdf_is_cached_until_a_payment_makes_it_paid(api: Api) -> Non
     assert paid.status_code == 201, paid.text
     after = session.get(f"/invoices/{invoice_id}/pdf")
     assert len(_objects(prefix)) == 2
-    assert "Status PAID" in _text(_download(after.json()["url"]))
+    assert "Status PAID" in pdf_text(download(after.json()["url"]))
 
     receipt = session.get(f"/payments/{paid.json()['payment_id']}/receipt")
     assert receipt.status_code == 200, receipt.text
-    assert "Receipt" in _text(_download(receipt.json()["url"]))
+    assert "Receipt" in pdf_text(download(receipt.json()["url"]))
 
 
 def test_another_practices_documents_are_not_found(api: Api) -> None:
@@ -134,7 +118,7 @@ def test_statement_and_series_export(api: Api) -> None:
     )
     assert export.status_code == 201, export.text
     assert export.json()["documents"] >= 3
-    text = _text(_download(export.json()["url"]))
+    text = pdf_text(download(export.json()["url"]))
     assert "Statement" in text and "Superbill" in text and "LMHC-77 (NY)" in text
 
 
@@ -151,8 +135,8 @@ def test_finance_exports_on_demand_and_nightly(api: Api, stack: LocalStack) -> N
     assert paid.status_code == 201, paid.text
     on_demand = session.post("/exports/finance", json={"from": "2026-01-01", "to": "2026-12-31"})
     assert on_demand.status_code == 201, on_demand.text
-    rows = list(csv.DictReader(io.StringIO(_download(on_demand.json()["invoices_url"]).decode())))
-    payments = list(csv.DictReader(io.StringIO(_download(on_demand.json()["payments_url"]).decode())))
+    rows = list(csv.DictReader(io.StringIO(download(on_demand.json()["invoices_url"]).decode())))
+    payments = list(csv.DictReader(io.StringIO(download(on_demand.json()["payments_url"]).decode())))
     assert rows[0]["invoice_id"] == invoice_id and all(r["client_name"].startswith("'=") for r in rows)
     assert payments[0]["reference"] == "'@SUM(A1)" and payments[0]["allocations"] == "INV-000001:15000;INV-000002:5000"
     api_invoices = session.get(f"/clients/{client_id}/invoices").json()["invoices"]
@@ -165,10 +149,6 @@ def test_finance_exports_on_demand_and_nightly(api: Api, stack: LocalStack) -> N
         assert sum(int(r[column]) for r in rows) == sum(i[field] for i in api_invoices), column
     assert sum(int(p["gross_cents"]) for p in payments) == sum(p["amount_cents"] for p in api_payments) == 20000
 
-    fired = api.post(
-        "/_local/scheduler/fire",
-        json={"schedule": "finance_export", "timezone": "America/New_York", "scheduled_time": "2030-01-02T06:15:00Z"},
-    )
-    assert fired.status_code == 200, fired.text
+    fire(api, "finance_export", "America/New_York", "2030-01-02T06:15:00Z")
     nightly = _objects(f"exports/{session.practice_id}/finance/2030-01-01--2030-01-01/")
     assert [key.rsplit("/", 1)[1] for key in nightly] == ["invoices.csv", "payments.csv"]

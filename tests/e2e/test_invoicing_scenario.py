@@ -1,6 +1,6 @@
 """The night happens: a Chicago practice's daily invoicing through the local server and scheduler."""
 
-from tests.e2e.conftest import Api, ApiSession, book
+from tests.e2e.conftest import Api, ApiSession, book, fire
 
 
 def _appointment(session: ApiSession, client_id: str, starts_at: str, status: str, fee: int = 15000) -> str:
@@ -10,12 +10,7 @@ def _appointment(session: ApiSession, client_id: str, starts_at: str, status: st
 
 
 def _fire(api: Api, scheduled_time: str) -> dict:
-    response = api.post(
-        "/_local/scheduler/fire",
-        json={"schedule": "daily_invoices", "timezone": "America/Chicago", "scheduled_time": scheduled_time},
-    )
-    assert response.status_code == 200, response.text
-    return dict(response.json())
+    return fire(api, "daily_invoices", "America/Chicago", scheduled_time)
 
 
 def test_a_chicago_night_invoices_exactly_the_billable_uninvoiced_appointments(api: Api) -> None:

@@ -9,12 +9,8 @@ from typing import Any
 import pytest
 import requests
 
-from local.stack import EMULATOR_SECRET_KEY, LocalStack
-from tests.e2e.conftest import Api, ApiSession, book
-
-
-def _key() -> dict[str, str]:
-    return {"Idempotency-Key": f"key-{uuid.uuid4().hex}"}
+from local.stack import LocalStack
+from tests.e2e.conftest import Api, ApiSession, book, idempotency_key, refund_at_stripe
 
 
 def _practice(api: Api, creation: str = "manual") -> ApiSession:
@@ -71,7 +67,7 @@ def test_create_invoice_and_charge_the_card_on_file(api: Api, stack: LocalStack)
     client_id = _client(session, card="pm_card_visa")
     appointment = _appointment(session, client_id)
     response = session.post(
-        f"/appointments/{appointment}/invoice-and-payment", json={"method": "card_on_file"}, headers=_key()
+        f"/appointments/{appointment}/invoice-and-payment", json={"method": "card_on_file"}, headers=idempotency_key()
     )
     assert response.status_code == 201, response.text
     invoice, payment = response.json()["invoice"], response.json()["payment"]
@@ -86,7 +82,9 @@ def test_create_invoice_and_record_cash_without_stripe(api: Api, stack: LocalSta
     session = _practice(api)
     client_id = _client(session)
     appointment = _appointment(session, client_id, fee=9000)
-    response = session.post(f"/appointments/{appointment}/invoice-and-payment", json={"method": "cash"}, headers=_key())
+    response = session.post(
+        f"/appointments/{appointment}/invoice-and-payment", json={"method": "cash"}, headers=idempotency_key()
+    )
     assert response.status_code == 201, response.text
     assert response.json()["invoice"]["status"] == "paid"
     assert _intents_for(stack, response.json()["payment"]["payment_id"]) == []
@@ -108,7 +106,7 @@ def test_a_declined_card_is_402_with_the_decline_code_and_changes_no_balance(
     client_id = _client(session, card=card)
     appointment = _appointment(session, client_id)
     response = session.post(
-        f"/appointments/{appointment}/invoice-and-payment", json={"method": "card_on_file"}, headers=_key()
+        f"/appointments/{appointment}/invoice-and-payment", json={"method": "card_on_file"}, headers=idempotency_key()
     )
     assert response.status_code == 402
     assert response.json()["decline_code"] == decline_code
@@ -125,7 +123,7 @@ def test_payments_need_an_idempotency_key_and_a_reused_key_must_match(api: Api) 
     body = {"client_id": client_id, "amount_cents": 1000, "method": "cash"}
     missing = session.post("/payments", json=body)
     assert missing.status_code == 400 and missing.json()["error"]["code"] == "idempotency_key_required"
-    key = _key()
+    key = idempotency_key()
     assert session.post("/payments", json=body, headers=key).status_code == 201
     reused = session.post("/payments", json=body | {"amount_cents": 2000}, headers=key)
     assert reused.status_code == 409 and reused.json()["error"]["code"] == "idempotency_key_reused"
@@ -136,12 +134,12 @@ def test_the_same_payment_sent_five_times_charges_once(api: Api, stack: LocalSta
     client_id = _client(session, card="pm_card_visa")
     _invoice(session, client_id, 15000)
     body = {"client_id": client_id, "amount_cents": 15000, "method": "card_on_file"}
-    sequential = _key()
+    sequential = idempotency_key()
     answers = [session.post("/payments", json=body, headers=sequential) for _ in range(5)]
     assert {a.status_code for a in answers} == {201}
     assert len({a.json()["payment_id"] for a in answers}) == 1
 
-    concurrent = _key()
+    concurrent = idempotency_key()
     _invoice(session, client_id, 15000, day=21)
     results: list[requests.Response] = []
     lock = threading.Lock()
@@ -175,7 +173,7 @@ def test_a_charge_whose_answer_was_lost_is_found_at_stripe_and_recorded_once(api
     # Stripe charges, then every answer (the SDK's retries too) is lost: the outcome is unknown to the caller.
     stack.stripe.fail_after_success("/v1/payment_intents", times=2)
     body = {"client_id": client_id, "amount_cents": 12000, "method": "card_on_file"}
-    key = _key()
+    key = idempotency_key()
     first = session.post("/payments", json=body, headers=key)
     assert first.status_code in (201, 503), first.text
     retry = session.post("/payments", json=body, headers=key)
@@ -191,23 +189,29 @@ def test_partial_payments_overpayment_credit_and_refunds_keep_the_balance_formul
     client_id = _client(session, card="pm_card_visa")
     first = _invoice(session, client_id, 10000, day=10)
     part = session.post(
-        "/payments", json={"client_id": client_id, "amount_cents": 4000, "method": "check"}, headers=_key()
+        "/payments", json={"client_id": client_id, "amount_cents": 4000, "method": "check"}, headers=idempotency_key()
     ).json()
     assert session.get(f"/invoices/{first['invoice_id']}").json()["status"] == "partially_paid"
     over = session.post(
-        "/payments", json={"client_id": client_id, "amount_cents": 9000, "method": "card_on_file"}, headers=_key()
+        "/payments",
+        json={"client_id": client_id, "amount_cents": 9000, "method": "card_on_file"},
+        headers=idempotency_key(),
     ).json()
     assert over["unallocated_cents"] == 3000
     overview = _overview(session, client_id)
     assert overview["balance_cents"] == -3000 and overview["unallocated_credit_cents"] == 3000
     second = _invoice(session, client_id, 5000, day=11)
     assert second["paid_cents"] == 3000 and second["status"] == "partially_paid"  # credit applied at once
-    refund = session.post(f"/payments/{over['payment_id']}/refunds", json={"amount_cents": 2000}, headers=_key())
+    refund = session.post(
+        f"/payments/{over['payment_id']}/refunds", json={"amount_cents": 2000}, headers=idempotency_key()
+    )
     assert refund.status_code == 201, refund.text
     assert session.get(f"/invoices/{second['invoice_id']}").json()["balance_cents"] == 4000
-    rest = session.post(f"/payments/{over['payment_id']}/refunds", json={}, headers=_key())
+    rest = session.post(f"/payments/{over['payment_id']}/refunds", json={}, headers=idempotency_key())
     assert rest.status_code == 201 and rest.json()["amount_cents"] == 7000
-    too_much = session.post(f"/payments/{part['payment_id']}/refunds", json={"amount_cents": 4001}, headers=_key())
+    too_much = session.post(
+        f"/payments/{part['payment_id']}/refunds", json={"amount_cents": 4001}, headers=idempotency_key()
+    )
     assert too_much.status_code == 409 and too_much.json()["error"]["code"] == "refund_exceeds_refundable"
     overview = _overview(session, client_id)
     # balance = Σ live invoice totals - Σ succeeded payments + Σ refunds
@@ -242,7 +246,9 @@ def _invoice_paid_by_card(
     client_id = _client(session, card="pm_card_visa")
     invoice = _invoice(session, client_id, amount)
     payment = session.post(
-        "/payments", json={"client_id": client_id, "amount_cents": amount, "method": "card_on_file"}, headers=_key()
+        "/payments",
+        json={"client_id": client_id, "amount_cents": amount, "method": "card_on_file"},
+        headers=idempotency_key(),
     ).json()
     return session, client_id, invoice, _intents_for(stack, payment["payment_id"])[0]
 
@@ -268,23 +274,10 @@ def test_webhooks_are_verified_deduplicated_and_reconciled_from_current_state(ap
     assert api.post("/webhooks/stripe", data=body, headers={"content-type": "application/json"}).status_code == 400
 
 
-def _refund_at_stripe(stack: LocalStack, payment_intent: str, amount: int) -> dict[str, Any]:
-    """A refund made in Stripe's dashboard: straight to the processor, nothing of ours in its metadata."""
-    assert stack.stripe is not None
-    response = requests.post(
-        f"{stack.stripe.url}/v1/refunds",
-        data={"payment_intent": payment_intent, "amount": amount},
-        auth=(EMULATOR_SECRET_KEY, ""),
-        timeout=10,
-    )
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
 def test_refunds_and_disputes_made_at_stripe_are_reconciled(api: Api, stack: LocalStack) -> None:
     session, client_id, invoice, intent = _invoice_paid_by_card(api, stack, 6000)
     assert stack.stripe is not None
-    refund = _refund_at_stripe(stack, intent["id"], 2500)
+    refund = refund_at_stripe(stack, intent["id"], 2500)
     assert stack.stripe.wait_for_webhooks()
     assert session.get(f"/invoices/{invoice['invoice_id']}").json()["balance_cents"] == 2500
     for event in stack.stripe.events():  # every refund event delivered again: nothing is counted twice
@@ -307,13 +300,13 @@ def test_a_processing_charge_is_not_a_decline_and_the_webhook_settles_it(api: Ap
     client_id = _client(session, card="pm_card_processing")
     invoice = _invoice(session, client_id, 7000)
     body = {"client_id": client_id, "amount_cents": 7000, "method": "card_on_file"}
-    key = _key()
+    key = idempotency_key()
     response = session.post("/payments", json=body, headers=key)
     assert response.status_code == 202, response.text
     payment = response.json()
     assert payment["status"] == "processing" and payment.get("decline_code") is None
     # Held, not paid: another payment for the same invoice is refused before it charges anything.
-    other = session.post("/payments", json=body | {"invoice_ids": [invoice["invoice_id"]]}, headers=_key())
+    other = session.post("/payments", json=body | {"invoice_ids": [invoice["invoice_id"]]}, headers=idempotency_key())
     assert other.status_code == 409 and other.json()["error"]["code"] == "payment_in_progress"
     assert session.get(f"/invoices/{invoice['invoice_id']}").json()["status"] == "unpaid"
     assert session.post("/payments", json=body, headers=key).status_code == 202  # a replay says the same
@@ -338,11 +331,13 @@ def test_nothing_about_the_client_reaches_stripe(api: Api, stack: LocalStack) ->
     session.post(f"/clients/{client_id}/cards", json={"payment_method_id": "pm_card_visa"})
     appointment = book(session, client_id, status="show", starts_at="2026-11-19T16:00:00Z").json()["appointment_id"]
     paid = session.post(
-        f"/appointments/{appointment}/invoice-and-payment", json={"method": "card_on_file"}, headers=_key()
+        f"/appointments/{appointment}/invoice-and-payment", json={"method": "card_on_file"}, headers=idempotency_key()
     )
     assert paid.status_code == 201
     refunded = session.post(
-        f"/payments/{paid.json()['payment']['payment_id']}/refunds", json={"amount_cents": 100}, headers=_key()
+        f"/payments/{paid.json()['payment']['payment_id']}/refunds",
+        json={"amount_cents": 100},
+        headers=idempotency_key(),
     )
     assert refunded.status_code == 201, refunded.text
     sent = json.dumps(stack.stripe.request_log())  # type: ignore[union-attr]

@@ -8,11 +8,7 @@ from typing import Any
 import requests
 
 from local.stack import LocalStack
-from tests.e2e.conftest import Api, ApiSession, book
-
-
-def _key() -> dict[str, str]:
-    return {"Idempotency-Key": f"key-{uuid.uuid4().hex}"}
+from tests.e2e.conftest import Api, ApiSession, book, idempotency_key
 
 
 def _practice(api: Api, autopay: bool = False) -> ApiSession:
@@ -67,7 +63,7 @@ def test_roles_never_cross_clinician_and_portal_routes(api: Api, stack: LocalSta
             continue
         path = re.sub(r"\{[^}]+\}", "x1", route.path)
         caller = session if route.path.startswith("/portal/") else portal
-        response = caller.request(route.method, path, json={"unexpected": "body"}, headers=_key())
+        response = caller.request(route.method, path, json={"unexpected": "body"}, headers=idempotency_key())
         assert response.status_code == 403, (route.method, route.path, response.text)
         assert response.json()["error"]["code"] == "wrong_role"
 
@@ -79,7 +75,7 @@ def test_a_client_pays_the_whole_balance_then_one_chosen_invoice(api: Api, stack
     _invoice(session, client_id, 5000, day=11)
     portal = _portal(api, session, client_id)
     paid = portal.post(
-        "/portal/payments", json={"payment_method_id": "pm_card_visa", "save_card": True}, headers=_key()
+        "/portal/payments", json={"payment_method_id": "pm_card_visa", "save_card": True}, headers=idempotency_key()
     )
     assert paid.status_code == 201, paid.text
     assert paid.json()["amount_cents"] == 15000
@@ -87,7 +83,7 @@ def test_a_client_pays_the_whole_balance_then_one_chosen_invoice(api: Api, stack
     assert mine["balance_cents"] == 0 and {i["status"] for i in mine["invoices"]} == {"paid"}
     later = _invoice(session, client_id, 7000, day=12)
     _invoice(session, client_id, 3000, day=13)
-    chosen = portal.post("/portal/payments", json={"invoice_ids": [later]}, headers=_key())
+    chosen = portal.post("/portal/payments", json={"invoice_ids": [later]}, headers=idempotency_key())
     assert chosen.status_code == 201, chosen.text
     assert chosen.json()["allocations"] == [{"invoice_id": later, "amount_cents": 7000}]
     assert _mine(portal)["balance_cents"] == 3000
@@ -100,7 +96,7 @@ def test_a_declined_new_card_is_402_with_its_code_and_changes_nothing(api: Api) 
     _invoice(session, client_id, 8000)
     portal = _portal(api, session, client_id)
     body = {"payment_method_id": "pm_card_chargeDeclinedInsufficientFunds"}
-    declined = portal.post("/portal/payments", json=body, headers=_key())
+    declined = portal.post("/portal/payments", json=body, headers=idempotency_key())
     assert declined.status_code == 402 and declined.json()["decline_code"] == "insufficient_funds"
     mine = _mine(portal)
     assert mine["balance_cents"] == 8000 and [i["status"] for i in mine["invoices"]] == ["unpaid"]
@@ -120,7 +116,7 @@ def test_ten_concurrent_portal_payments_never_charge_more_than_is_owed(api: Api,
         own = ApiSession(portal.base_url)
         own.headers.update(portal.headers)
         barrier.wait()
-        response = own.post("/portal/payments", json={}, headers=_key())
+        response = own.post("/portal/payments", json={}, headers=idempotency_key())
         with lock:
             answers.append(response)
 
@@ -161,9 +157,9 @@ def test_a_client_downloads_their_own_documents_and_never_another_clients(api: A
     assert portal.get(f"/portal/invoices/{own}/pdf").status_code == 200
     assert portal.get(f"/portal/invoices/{other}/pdf").status_code == 404
     body = {"client_id": dan, "amount_cents": 4000, "method": "cash", "invoice_ids": [other]}
-    dans_payment = session.post("/payments", json=body, headers=_key()).json()["payment_id"]
+    dans_payment = session.post("/payments", json=body, headers=idempotency_key()).json()["payment_id"]
     assert portal.get(f"/portal/payments/{dans_payment}/receipt").status_code == 404
-    paid = portal.post("/portal/payments", json={"payment_method_id": "pm_card_visa"}, headers=_key())
+    paid = portal.post("/portal/payments", json={"payment_method_id": "pm_card_visa"}, headers=idempotency_key())
     assert portal.get(f"/portal/payments/{paid.json()['payment_id']}/receipt").status_code == 200
     statement = portal.get("/portal/statements", params={"from": "2026-11-01", "to": "2026-11-30"})
     assert statement.status_code == 200 and statement.json()["closing_balance_cents"] == 0
