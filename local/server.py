@@ -51,7 +51,6 @@ from local.template import LOCAL_ACCOUNT_ID, HttpRoute, Resolver, Template
 from local.token import local_jwt_secret
 
 OPENAPI_TITLE = "Time-of-session billing API"
-BEARER_SCHEME = "bearerAuth"
 JSON_TYPE = "application/json"
 _TEXT_TYPES = (
     "text/",
@@ -342,38 +341,55 @@ def lambda_response(result: Any) -> OutgoingResponse:
 
 
 def merge_openapi(documents: Iterable[Mapping[str, Any]], public_routes: Iterable[HttpRoute] = ()) -> dict[str, Any]:
-    """One OpenAPI 3 document from the functions' documents, secured by a bearer JWT.
+    """One OpenAPI 3 document from the functions' documents.
 
-    ``public_routes`` (no authorizer in the template) get ``security: []``.
+    Each function describes its own routes, their errors and the API's security (``billing_lambda.openapi``);
+    the gateway decides which routes skip the JWT authorizer, so ``public_routes`` (no authorizer in the
+    template) get ``security: []`` whatever their function says.
     """
     merged: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": OPENAPI_TITLE, "version": "1.0.0"},
         "paths": {},
-        "components": {"schemas": {}, "securitySchemes": {}},
+        "components": {},
     }
     for document in documents:
         merged["openapi"] = str(document.get("openapi", merged["openapi"]))
-        version = (document.get("info") or {}).get("version")
-        if version:
-            merged["info"]["version"] = str(version)
+        merged["info"].update(document.get("info") or {})
+        if document.get("security"):
+            merged["security"] = document["security"]
         for path, operations in (document.get("paths") or {}).items():
             merged["paths"].setdefault(path, {}).update(operations)
-        components = document.get("components") or {}
-        for section, entries in components.items():
+        for section, entries in (document.get("components") or {}).items():
             merged["components"].setdefault(section, {}).update(entries or {})
-    merged["components"]["securitySchemes"][BEARER_SCHEME] = {
-        "type": "http",
-        "scheme": "bearer",
-        "bearerFormat": "JWT",
-        "description": "Cognito ID token; locally `make token` (HS256, BILLING_LOCAL_JWT_SECRET).",
-    }
-    merged["security"] = [{BEARER_SCHEME: []}]
     for route in public_routes:
         operation = merged["paths"].get(route.path, {}).get(route.method.lower())
         if isinstance(operation, dict):
             operation["security"] = []
     return merged
+
+
+class ServedStatuses:
+    """Which status each template route answered, in order: ``(method, path template, status)``. The end-to-end
+    tests check every one against ``/openapi.json`` (a status the document does not list is a broken promise)."""
+
+    def __init__(self) -> None:
+        self._served: list[tuple[str, str, int]] = []
+        self._lock = threading.Lock()
+
+    def record(self, route: HttpRoute, status: int) -> None:
+        with self._lock:
+            self._served.append((route.method, route.path, status))
+
+    def mark(self) -> int:
+        """A point to ask `since` about."""
+        with self._lock:
+            return len(self._served)
+
+    def since(self, mark: int) -> list[tuple[str, str, int]]:
+        """What was answered after ``mark``."""
+        with self._lock:
+            return self._served[mark:]
 
 
 def swagger_ui_dir() -> Path:
@@ -544,6 +560,7 @@ class LocalServer:
         self.resolver = resolver
         self.functions = FunctionHost(template, resolver, max_workers=max_workers)
         self.routes = RouteTable(template.routes)
+        self.served = ServedStatuses()
         self.targets = local_scheduler.LocalTargets.from_template(template, resolver)
         self.clients = clients
         self.jwt_secret = jwt_secret
@@ -642,6 +659,12 @@ class LocalServer:
             message = f"No route for {request.method} {request.raw_path}"
             return json_response(404, error_body("not_found", message))
         route, parameters = matched
+        response = self._invoke_route(request, route, parameters)
+        self.served.record(route, response.status)
+        return response
+
+    def _invoke_route(self, request: IncomingRequest, route: HttpRoute, parameters: dict[str, str]) -> OutgoingResponse:
+        """What API Gateway answers for a matched route: 401 from the authorizer, else the function's answer."""
         claims: dict[str, Any] | None = None
         if route.requires_auth:
             secret = self.jwt_secret or local_jwt_secret()

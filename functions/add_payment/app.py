@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import autopay, cards, payment_service, refund_service
 from billing.cards import Card, CardRequest
 from billing.clients import require_client
-from billing.invoices import Invoice
+from billing.payment_service import InvoiceAndPayment
 from billing.payments import (
     AppointmentPaymentRequest,
     Payment,
@@ -23,8 +23,20 @@ from billing.payments import (
 from billing_lambda import wiring
 from billing_lambda.http import PathId, build_resolver, clinician, idempotency_key, resolve
 from billing_lambda.observability import logger, metrics, tracer
+from billing_lambda.openapi import (
+    EVERY_ROUTE,
+    IDEMPOTENCY_KEY,
+    INVALID,
+    accepted,
+    created,
+    no_content,
+    ok,
+    requires,
+    responses,
+)
 
 app = build_resolver()
+ALL_REFUNDABLE = RefundRequest()  # a refund sent without a body: everything still refundable
 
 
 def _accepted(status_code: int, body: Any) -> Response:
@@ -37,13 +49,20 @@ def _accepted(status_code: int, body: Any) -> Response:
     status_code=201,
     tags=["Payments"],
     summary="Take or record a payment",
-    responses={
-        201: {"description": "The payment succeeded", "content": {"application/json": {"model": Payment}}},
-        202: {
-            "description": "The charge is processing (not a decline)",
-            "content": {"application/json": {"model": Payment}},
-        },
-    },
+    description="`card_on_file` charges the client's card (the default one unless `card_id`) through the "
+    "processor; other methods are recorded. What is paid goes to `invoice_ids`, else to the oldest unpaid invoices; "
+    "the rest is credit. The amount is first reserved on those invoices, so concurrent payments never together "
+    "charge more than is owed (409 `payment_in_progress` before any charge).",
+    responses=responses(
+        created("The payment, succeeded"),
+        accepted(Payment, "The charge is processing (not a decline); a webhook settles it"),
+        *EVERY_ROUTE,
+        402,
+        404,
+        409,
+        INVALID,
+    ),
+    openapi_extensions=requires(IDEMPOTENCY_KEY),
 )
 def post_payment(request: PaymentRequest) -> Response[Payment]:
     practice = wiring.practice(clinician(app).practice_id)
@@ -59,10 +78,20 @@ def post_payment(request: PaymentRequest) -> Response[Payment]:
     status_code=201,
     tags=["Payments"],
     summary="Create Invoice & Add Payment for a calendar appointment",
+    description="Invoices the appointment (or reuses its invoice) and pays what that invoice still owes, in one "
+    "step (409 `nothing_owed` when it is paid).",
+    responses=responses(
+        created("The invoice and the succeeded payment"),
+        accepted(InvoiceAndPayment, "The charge is processing (not a decline); a webhook settles it"),
+        *EVERY_ROUTE,
+        402,
+        404,
+        409,
+        INVALID,
+    ),
+    openapi_extensions=requires(IDEMPOTENCY_KEY),
 )
-def post_invoice_and_payment(
-    appointment_id: PathId, request: AppointmentPaymentRequest
-) -> Response[dict[str, Invoice | Payment]]:
+def post_invoice_and_payment(appointment_id: PathId, request: AppointmentPaymentRequest) -> Response[InvoiceAndPayment]:
     practice = wiring.practice(clinician(app).practice_id)
     key = idempotency_key(app)
     done = payment_service.invoice_and_pay(
@@ -70,10 +99,15 @@ def post_invoice_and_payment(
     )
     metrics.add_metric(name="TimeOfServicePayments", unit="Count", value=1)
     processing = done.payment.status is PaymentStatus.PROCESSING
-    return _accepted(202 if processing else 201, {"invoice": done.invoice, "payment": done.payment})
+    return _accepted(202 if processing else 201, done)
 
 
-@app.get("/clients/<client_id>/payments", tags=["Payments"], summary="A client's payments, newest first")
+@app.get(
+    "/clients/<client_id>/payments",
+    tags=["Payments"],
+    summary="A client's payments, newest first",
+    responses=responses(ok('`{"payments": [...]}`'), *EVERY_ROUTE, 404, INVALID),
+)
 def list_payments(client_id: PathId) -> dict[str, list[Payment]]:
     practice_id = clinician(app).practice_id
     require_client(wiring.store(), practice_id, client_id)
@@ -81,8 +115,24 @@ def list_payments(client_id: PathId) -> dict[str, list[Payment]]:
     return {"payments": payments}
 
 
-@app.post("/payments/<payment_id>/refunds", status_code=201, tags=["Payments"], summary="Refund all or part")
-def post_refund(payment_id: PathId, request: RefundRequest) -> Response[Refund]:
+@app.post(
+    "/payments/<payment_id>/refunds",
+    status_code=201,
+    tags=["Payments"],
+    summary="Refund all or part",
+    description="Without a body or `amount_cents`, everything still refundable. Card payments are refunded "
+    "through the processor, others recorded; never more than was paid (409 `refund_exceeds_refundable`).",
+    responses=responses(
+        created("The refund, succeeded"),
+        accepted(Refund, "The processor has not finished the refund yet (`pending`)"),
+        *EVERY_ROUTE,
+        404,
+        409,
+        INVALID,
+    ),
+    openapi_extensions=requires(IDEMPOTENCY_KEY),
+)
+def post_refund(payment_id: PathId, request: RefundRequest = ALL_REFUNDABLE) -> Response[Refund]:
     practice_id = clinician(app).practice_id
     key = idempotency_key(app)
     refund = refund_service.refund_payment(
@@ -91,13 +141,27 @@ def post_refund(payment_id: PathId, request: RefundRequest) -> Response[Refund]:
     return _accepted(202 if refund.status is RefundStatus.PENDING else 201, refund)
 
 
-@app.post("/clients/<client_id>/cards", status_code=201, tags=["Cards"], summary="Put a card on file")
+@app.post(
+    "/clients/<client_id>/cards",
+    status_code=201,
+    tags=["Cards"],
+    summary="Put a card on file",
+    description="A Stripe PaymentMethod made by the client-side SDK (e.g. `pm_card_visa`); the first card is the "
+    "default. 402 when the issuer refuses the card, 400 when it is unknown, used elsewhere or not a card.",
+    responses=responses(created("The card (brand, last4 and expiry only)"), *EVERY_ROUTE, 402, 404, INVALID),
+)
 def post_card(client_id: PathId, request: CardRequest) -> Card:
     practice_id = clinician(app).practice_id
     return cards.add_card(wiring.store(), wiring.gateway(), wiring.clock, practice_id, client_id, request)
 
 
-@app.delete("/clients/<client_id>/cards/<card_id>", tags=["Cards"], summary="Remove a card on file")
+@app.delete(
+    "/clients/<client_id>/cards/<card_id>",
+    tags=["Cards"],
+    summary="Remove a card on file",
+    description="Removing the card AutoPay charges ends the enrolment.",
+    responses=responses(no_content("Removed"), *EVERY_ROUTE, 404, 409, INVALID),
+)
 def delete_card(client_id: PathId, card_id: PathId):  # returns a bare Response: it is not a pydantic model
     practice_id = clinician(app).practice_id
     cards.remove_card(wiring.store(), wiring.gateway(), practice_id, client_id, card_id)

@@ -12,11 +12,19 @@ from billing.autopay import Attempt, AutoPayRequest, AutoPayView, PreviewCharge
 from billing_lambda import wiring
 from billing_lambda.http import PathId, build_resolver, clinician, resolve
 from billing_lambda.observability import logger, metrics, tracer
+from billing_lambda.openapi import EVERY_ROUTE, INVALID, ok, responses
 
 app = build_resolver()
 
 
-@app.put("/clients/<client_id>/autopay", tags=["AutoPay"], summary="Enrol one client in AutoPay, or end it")
+@app.put(
+    "/clients/<client_id>/autopay",
+    tags=["AutoPay"],
+    summary="Enrol one client in AutoPay, or end it",
+    description="Enrolment records consent (who, when, which card, which authorisation text). 409 when the client "
+    "has no card on file or AutoPay is off for the practice.",
+    responses=responses(ok("The AutoPay state, with the consent recorded"), *EVERY_ROUTE, 404, 409, INVALID),
+)
 def put_autopay(client_id: PathId, request: AutoPayRequest) -> AutoPayView:
     caller = clinician(app)
     practice = wiring.practice(caller.practice_id)
@@ -25,14 +33,26 @@ def put_autopay(client_id: PathId, request: AutoPayRequest) -> AutoPayView:
     return state
 
 
-@app.get("/autopay/preview", tags=["AutoPay"], summary="What the night of a business date will charge")
+@app.get(
+    "/autopay/preview",
+    tags=["AutoPay"],
+    summary="What the night of a business date will charge",
+    description="`date` is the local date on which the night's 00:00-06:00 falls; the amounts include what that "
+    "night's daily invoicing adds first.",
+    responses=responses(ok('`{"date", "charges": [{client_id, amount_cents, card_id}]}`'), *EVERY_ROUTE, 404, INVALID),
+)
 def get_preview(day: Annotated[date, Query(alias="date")]) -> dict[str, Any]:
     practice = wiring.practice(clinician(app).practice_id)
     charges: list[PreviewCharge] = autopay.preview(wiring.store(), practice, day)
     return {"date": day.isoformat(), "charges": [c.model_dump() for c in charges]}
 
 
-@app.get("/autopay/runs", tags=["AutoPay"], summary="Every AutoPay outcome of a business date")
+@app.get(
+    "/autopay/runs",
+    tags=["AutoPay"],
+    summary="Every AutoPay outcome of a business date",
+    responses=responses(ok('`{"date", "outcomes": [...]}`: charged, declined or skipped'), *EVERY_ROUTE, INVALID),
+)
 def get_runs(day: Annotated[date, Query(alias="date")]) -> dict[str, Any]:
     practice_id = clinician(app).practice_id
     outcomes: list[Attempt] = autopay.night_report(wiring.store(), practice_id, day)

@@ -17,6 +17,17 @@ from billing.portal import PortalAccount, PortalPaymentRequest
 from billing_lambda import wiring
 from billing_lambda.http import PathId, Tenant, build_resolver, idempotency_key, portal_client, resolve
 from billing_lambda.observability import logger, metrics, tracer
+from billing_lambda.openapi import (
+    EVERY_ROUTE,
+    IDEMPOTENCY_KEY,
+    INVALID,
+    accepted,
+    created,
+    no_content,
+    ok,
+    requires,
+    responses,
+)
 
 app = build_resolver()
 
@@ -29,7 +40,12 @@ def _caller() -> Tenant:
     return caller
 
 
-@app.get("/portal/invoices", tags=["Portal"], summary="My invoices, balance, credit and next AutoPay charge")
+@app.get(
+    "/portal/invoices",
+    tags=["Portal"],
+    summary="My invoices, balance, credit and next AutoPay charge",
+    responses=responses(ok("The calling client's account"), *EVERY_ROUTE, 404),
+)
 def get_my_account() -> PortalAccount:
     caller = _caller()
     practice = wiring.practice(caller.practice_id)
@@ -37,7 +53,25 @@ def get_my_account() -> PortalAccount:
     return portal.account(wiring.store(), wiring.clock, practice, caller.client_id)
 
 
-@app.post("/portal/payments", status_code=201, tags=["Portal"], summary="Pay my balance or chosen invoices")
+@app.post(
+    "/portal/payments",
+    status_code=201,
+    tags=["Portal"],
+    summary="Pay my balance or chosen invoices",
+    description="Without `amount_cents` or `invoice_ids`, the whole balance (409 `nothing_owed` when there is "
+    "none). By a saved card (`card_id`, else the default) or a new one (`payment_method_id`, kept with "
+    "`save_card`), through the same reserved path as staff payments.",
+    responses=responses(
+        created("The payment, succeeded"),
+        accepted(Payment, "The charge is processing (not a decline); a webhook settles it"),
+        *EVERY_ROUTE,
+        402,
+        404,
+        409,
+        INVALID,
+    ),
+    openapi_extensions=requires(IDEMPOTENCY_KEY),
+)
 def post_my_payment(request: PortalPaymentRequest) -> Response[Payment]:
     caller = _caller()
     practice = wiring.practice(caller.practice_id)
@@ -50,21 +84,37 @@ def post_my_payment(request: PortalPaymentRequest) -> Response[Payment]:
     return Response(status_code=status, content_type="application/json", body=payment)
 
 
-@app.get("/portal/cards", tags=["Portal"], summary="My cards on file")
+@app.get(
+    "/portal/cards",
+    tags=["Portal"],
+    summary="My cards on file",
+    responses=responses(ok('`{"cards": [...]}`'), *EVERY_ROUTE, 404),
+)
 def get_my_cards() -> dict[str, list[Card]]:
     caller = _caller()
     assert caller.client_id is not None
     return {"cards": wiring.store().cards_of(caller.practice_id, caller.client_id)}
 
 
-@app.post("/portal/cards", status_code=201, tags=["Portal"], summary="Put a card on file (a Stripe PaymentMethod)")
+@app.post(
+    "/portal/cards",
+    status_code=201,
+    tags=["Portal"],
+    summary="Put a card on file (a Stripe PaymentMethod)",
+    responses=responses(created("The card (brand, last4 and expiry only)"), *EVERY_ROUTE, 402, 404, INVALID),
+)
 def post_my_card(request: CardRequest) -> Card:
     caller = _caller()
     assert caller.client_id is not None
     return cards.add_card(wiring.store(), wiring.gateway(), wiring.clock, caller.practice_id, caller.client_id, request)
 
 
-@app.delete("/portal/cards/<card_id>", tags=["Portal"], summary="Remove one of my cards")
+@app.delete(
+    "/portal/cards/<card_id>",
+    tags=["Portal"],
+    summary="Remove one of my cards",
+    responses=responses(no_content("Removed"), *EVERY_ROUTE, 404, 409, INVALID),
+)
 def delete_my_card(card_id: PathId):  # returns a bare Response: it is not a pydantic model
     caller = _caller()
     assert caller.client_id is not None
@@ -73,7 +123,13 @@ def delete_my_card(card_id: PathId):  # returns a bare Response: it is not a pyd
     return Response(status_code=204)
 
 
-@app.put("/portal/autopay", tags=["Portal"], summary="Turn AutoPay on (with my consent) or off")
+@app.put(
+    "/portal/autopay",
+    tags=["Portal"],
+    summary="Turn AutoPay on (with my consent) or off",
+    description="409 when there is no card on file or AutoPay is off for the practice.",
+    responses=responses(ok("The AutoPay state, with the consent recorded"), *EVERY_ROUTE, 404, 409, INVALID),
+)
 def put_my_autopay(request: AutoPayRequest) -> AutoPayView:
     caller = _caller()
     practice = wiring.practice(caller.practice_id)

@@ -19,8 +19,10 @@ from billing_lambda import wiring
 from billing_lambda.aws_clients import client
 from billing_lambda.http import PathId, Tenant, build_resolver, clinician, portal_client, resolve
 from billing_lambda.observability import logger, metrics, tracer
+from billing_lambda.openapi import EVERY_ROUTE, INVALID, created, ok, responses
 
 app = build_resolver()
+LINK = "A presigned link to the PDF, valid for at most 5 minutes"
 
 
 def publisher(caller: Tenant) -> Publisher:
@@ -29,22 +31,47 @@ def publisher(caller: Tenant) -> Publisher:
     return Publisher(document_store(), archive, wiring.clock, wiring.practice(caller.practice_id))
 
 
-@app.get("/invoices/<invoice_id>/pdf", tags=["Documents"], summary="Download an invoice as PDF")
+@app.get(
+    "/invoices/<invoice_id>/pdf",
+    tags=["Documents"],
+    summary="Download an invoice as PDF",
+    responses=responses(ok(LINK), *EVERY_ROUTE, 404, INVALID),
+)
 def get_invoice_pdf(invoice_id: PathId) -> DocumentLink:
     return publisher(clinician(app)).invoice(invoice_id)
 
 
-@app.get("/payments/<payment_id>/receipt", tags=["Documents"], summary="Download a payment's receipt as PDF")
+@app.get(
+    "/payments/<payment_id>/receipt",
+    tags=["Documents"],
+    summary="Download a payment's receipt as PDF",
+    responses=responses(ok(LINK), *EVERY_ROUTE, 404, 409, INVALID),
+)
 def get_receipt(payment_id: PathId) -> DocumentLink:
     return publisher(clinician(app)).receipt(payment_id)
 
 
-@app.post("/clients/<client_id>/statements", status_code=201, tags=["Documents"], summary="A statement")
+@app.post(
+    "/clients/<client_id>/statements",
+    status_code=201,
+    tags=["Documents"],
+    summary="A statement",
+    description="Opening balance, the invoices and payments of the range, closing balance.",
+    responses=responses(created(LINK), *EVERY_ROUTE, 404, INVALID),
+)
 def post_statement(client_id: PathId, period: DateRange) -> StatementLink:
     return publisher(clinician(app)).statement(client_id, period)
 
 
-@app.post("/clients/<client_id>/superbills", status_code=201, tags=["Documents"], summary="A superbill")
+@app.post(
+    "/clients/<client_id>/superbills",
+    status_code=201,
+    tags=["Documents"],
+    summary="A superbill",
+    description="A statement for insurance reimbursement (CPT and ICD-10 codes, NPI, tax ID); 409 "
+    "`superbill_details_missing` names what the practice or client still lacks.",
+    responses=responses(created(LINK), *EVERY_ROUTE, 404, 409, INVALID),
+)
 def post_superbill(client_id: PathId, period: DateRange) -> DocumentLink:
     return publisher(clinician(app)).superbill(client_id, period)
 
@@ -54,12 +81,20 @@ def post_superbill(client_id: PathId, period: DateRange) -> DocumentLink:
     status_code=201,
     tags=["Documents"],
     summary="A client's documents in a date range as one PDF",
+    description="409 `no_documents` when the range holds none of the types asked for.",
+    responses=responses(created(LINK), *EVERY_ROUTE, 404, 409, INVALID),
 )
 def post_series(client_id: PathId, request: ExportRequest) -> ExportLink:
     return publisher(clinician(app)).series(client_id, request, request.types)
 
 
-@app.post("/exports/finance", status_code=201, tags=["Exports"], summary="Invoices and payments CSVs for a range")
+@app.post(
+    "/exports/finance",
+    status_code=201,
+    tags=["Exports"],
+    summary="Invoices and payments CSVs for a range",
+    responses=responses(created("Links to the two CSVs, valid for at most 5 minutes"), *EVERY_ROUTE, 404, INVALID),
+)
 def post_finance_export(period: DateRange) -> FinanceExportLinks:
     caller = clinician(app)
     return FinanceExports.from_settings(document_store(), wiring.clock).export(
@@ -67,19 +102,34 @@ def post_finance_export(period: DateRange) -> FinanceExportLinks:
     )
 
 
-@app.get("/portal/invoices/<invoice_id>/pdf", tags=["Portal"], summary="One of my invoices as PDF")
+@app.get(
+    "/portal/invoices/<invoice_id>/pdf",
+    tags=["Portal"],
+    summary="One of my invoices as PDF",
+    responses=responses(ok(LINK), *EVERY_ROUTE, 404, INVALID),
+)
 def get_portal_invoice_pdf(invoice_id: PathId) -> DocumentLink:
     caller = portal_client(app)
     return publisher(caller).invoice(invoice_id, client_id=caller.client_id)
 
 
-@app.get("/portal/payments/<payment_id>/receipt", tags=["Portal"], summary="The receipt of one of my payments")
+@app.get(
+    "/portal/payments/<payment_id>/receipt",
+    tags=["Portal"],
+    summary="The receipt of one of my payments",
+    responses=responses(ok(LINK), *EVERY_ROUTE, 404, 409, INVALID),
+)
 def get_portal_receipt(payment_id: PathId) -> DocumentLink:
     caller = portal_client(app)
     return publisher(caller).receipt(payment_id, client_id=caller.client_id)
 
 
-@app.get("/portal/statements", tags=["Portal"], summary="My statement for a date range")
+@app.get(
+    "/portal/statements",
+    tags=["Portal"],
+    summary="My statement for a date range",
+    responses=responses(ok(LINK), *EVERY_ROUTE, 404, INVALID),
+)
 def get_portal_statement(
     start: Annotated[date, Query(alias="from")], end: Annotated[date, Query(alias="to")]
 ) -> StatementLink:

@@ -5,6 +5,7 @@ import base64
 from http import HTTPStatus
 from typing import Any
 
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
@@ -19,6 +20,7 @@ from billing_lambda import wiring
 from billing_lambda.config import WebhookSettings, load_settings
 from billing_lambda.http import build_resolver, error_response
 from billing_lambda.observability import logger, metrics, tracer
+from billing_lambda.openapi import JSON, STRIPE_SIGNATURE, requires, responses
 
 app = build_resolver()
 # One record per Stripe event id. Powertools deletes the record when handling raises, so Stripe's retry of
@@ -75,7 +77,51 @@ def handle_event(stripe_event: dict[str, Any]) -> dict[str, str]:
     return {"event": kind, "outcome": outcome.value}
 
 
-@app.post("/webhooks/stripe", tags=["Webhooks"], summary="Stripe events (signed; no JWT)")
+# The webhook's own contract: it reads the raw body (to verify its signature), so Powertools has no model of it.
+_STRIPE_EVENT = {
+    "description": "A Stripe event, as Stripe sends it (only its signature, id, type and object's id are read)",
+    "required": True,
+    "content": {
+        JSON: {
+            "schema": {
+                "type": "object",
+                "required": ["id", "type", "data"],
+                "properties": {
+                    "id": {"type": "string", "examples": ["evt_1PxYz"]},
+                    "type": {"type": "string", "examples": ["payment_intent.succeeded"]},
+                    "data": {"type": "object", "properties": {"object": {"type": "object"}}},
+                },
+            }
+        }
+    },
+}
+_HANDLED: OpenAPIResponse = {
+    "description": "The event was verified and reconciled (or ignored: not an event this API acts on)",
+    "content": {
+        JSON: {
+            "schema": {
+                "type": "object",
+                "required": ["event", "outcome"],
+                "properties": {
+                    "event": {"type": "string", "description": "The event's type"},
+                    "outcome": {"type": "string", "enum": ["ignored", *reconciliation.Reconciled]},
+                },
+            }
+        }
+    },
+}
+
+
+@app.post(
+    "/webhooks/stripe",
+    tags=["Webhooks"],
+    summary="Stripe events (signed; no JWT)",
+    description="Verified with the `Stripe-Signature` header, handled once per event id, reconciled with the "
+    "PaymentIntent's current state, so duplicated, late or out-of-order deliveries all end the same way. 409 "
+    "while the same event is being handled (Stripe retries).",
+    responses=responses({200: _HANDLED}, 400, 404, 409, 503),
+    openapi_extensions={"security": [], "requestBody": _STRIPE_EVENT, **requires(STRIPE_SIGNATURE)},
+)
 def post_stripe_event():  # returns a bare Response: it is not a pydantic model
     stripe_event = wiring.gateway().parse_webhook(_raw_body(), app.current_event.headers.get("stripe-signature", ""))
     try:

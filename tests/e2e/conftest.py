@@ -23,6 +23,7 @@ import requests
 from local.stack import EMULATOR_SECRET_KEY, LocalStack, start_stack
 from local.template import DEFAULT_TEMPLATE
 from local.token import make_token
+from tests.e2e.contract import undocumented
 from tests.e2e.iam_audit import IamAuditLog
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -111,6 +112,23 @@ def stack_environment(stack: LocalStack, iam_audit: IamAuditLog) -> Iterator[Non
     yield
     stack.suspend_environment()
     assert iam_audit.since(before) == [], "template.yaml does not allow what the functions call"
+
+
+@pytest.fixture(scope="session")
+def openapi_document(stack: LocalStack) -> dict[str, Any]:
+    """What the API promises: the stack's ``/openapi.json``."""
+    with ApiSession(stack.url) as session:
+        response = session.get("/openapi.json")
+    response.raise_for_status()
+    return dict(response.json())
+
+
+@pytest.fixture(autouse=True)
+def documented_statuses(stack: LocalStack, openapi_document: dict[str, Any]) -> Iterator[None]:
+    """Every status a route answered during an end-to-end test is one ``/openapi.json`` documents for it."""
+    mark = stack.server.served.mark()
+    yield
+    assert undocumented(stack.server.served.since(mark), openapi_document) == [], "answers /openapi.json omits"
 
 
 @pytest.fixture(scope="session")

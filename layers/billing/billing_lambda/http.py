@@ -30,6 +30,7 @@ from billing.errors import (
 from billing.payments import IdempotencyKey
 from billing_lambda import aws_clients
 from billing_lambda.observability import logger
+from billing_lambda.openapi import DocumentedResolver
 
 _STATUS_OF: list[tuple[type[BillingError], HTTPStatus]] = [
     (NotFound, HTTPStatus.NOT_FOUND),
@@ -63,7 +64,7 @@ def _describe(error: dict[str, Any]) -> dict[str, Any]:
 
 def build_resolver() -> APIGatewayHttpResolver:
     """An HTTP API resolver with request validation and the project's error mapping installed."""
-    app = APIGatewayHttpResolver(enable_validation=True)
+    app = DocumentedResolver()
 
     @app.exception_handler(BillingError)
     def _billing_error(error: BillingError) -> Response:
