@@ -145,6 +145,21 @@ def test_an_aws_error_that_says_our_call_was_wrong_stays_a_500(error: Exception)
     assert not aws_clients.unavailable(error)
 
 
+@pytest.mark.parametrize(("reason", "busy"), [("ThrottlingError", True), ("ValidationError", False)])
+def test_a_transaction_cancelled_for_anything_but_a_race_is_not_retried_as_one(
+    books: Books, dynamodb: Any, reason: str, busy: bool
+) -> None:
+    """A throttled item is load (503, the request retried as it was), a validation error is a bug (500): neither
+    is planned again ten times and then answered 409 as if another writer kept winning."""
+    request = _invoice_request(books, books.client())
+    fault = Fault("TransactWriteItems", cancelled(reason), puts=INVOICE)
+    with inject(dynamodb, fault) as injected, pytest.raises(ClientError) as raised:
+        create_invoice(books.store, books.clock, books.practice_id, request)
+    assert injected.matched == 1
+    assert aws_clients.unavailable(raised.value) is busy
+    assert books.refresh().last_invoice_sequence == 0
+
+
 # -- DynamoDB on payment writes -------------------------------------------------------------------------------
 
 

@@ -59,6 +59,8 @@ _CONTENT_TYPES = {"json": "application/x-amz-json-1.0"}
 _REASON_MESSAGES = {
     "ConditionalCheckFailed": "The conditional request failed",
     "TransactionConflict": "Transaction is ongoing for the item",
+    "ThrottlingError": "Throughput exceeds the current capacity for one or more global secondary indexes.",
+    "ValidationError": "Item size has exceeded the maximum allowed size",
 }
 
 THROTTLED = AwsError(
@@ -73,7 +75,8 @@ S3_UNAVAILABLE = AwsError(503, "ServiceUnavailable", "Service is unable to handl
 
 def cancelled(reason: str) -> AwsError:
     """DynamoDB's ``TransactionCanceledException`` with ``reason`` (``ConditionalCheckFailed``,
-    ``TransactionConflict``) on the transaction's first item and ``None`` on the others."""
+    ``TransactionConflict``, ``ThrottlingError``, ``ValidationError``) on the transaction's first item and
+    ``None`` on the others."""
     message = "Transaction cancelled, please refer cancellation reasons for specific reasons"
     return AwsError(400, "TransactionCanceledException", message, reason)
 

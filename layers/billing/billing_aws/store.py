@@ -37,11 +37,23 @@ def _domain_fields(item: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in from_attributes(item).items() if name not in _KEY_ATTRIBUTES}
 
 
+# Why DynamoDB cancels a transaction when another writer got there first: a lost race, to plan again. Any other
+# reason (a throttle on one item, an item too large, a validation error) is not a race and must not be retried
+# as one: a throttle surfaces as unavailable (503), a validation error as the bug it is.
+_RACE_REASONS = frozenset({"None", "ConditionalCheckFailed", "TransactionConflict"})
+
+
 def is_condition_failure(error: ClientError) -> bool:
-    return error.response.get("Error", {}).get("Code") in {
-        "ConditionalCheckFailedException",
-        "TransactionCanceledException",
-    }
+    """Whether a write lost to a concurrent writer: its condition failed, or its transaction was cancelled
+    for conditions and conflicts only (``CancellationReasons``; none given counts as a race, as moto
+    sometimes omits them)."""
+    code = error.response.get("Error", {}).get("Code")
+    if code == "ConditionalCheckFailedException":
+        return True
+    if code != "TransactionCanceledException":
+        return False
+    reasons = error.response.get("CancellationReasons") or []
+    return all(str(reason.get("Code", "None")) in _RACE_REASONS for reason in reasons)
 
 
 class BillingStore:

@@ -24,6 +24,8 @@ _THROTTLING_CODES = frozenset(
         "RequestThrottled",
     }
 )
+# Why DynamoDB cancels a transaction item for load (``CancellationReasons``).
+_THROTTLED_ITEM_REASONS = frozenset({"ThrottlingError", "ProvisionedThroughputExceeded"})
 
 
 @cache
@@ -42,4 +44,8 @@ def unavailable(error: Exception) -> bool:
     if not isinstance(error, ClientError):
         return False
     status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    return status >= 500 or error.response.get("Error", {}).get("Code") in _THROTTLING_CODES
+    if status >= 500 or error.response.get("Error", {}).get("Code") in _THROTTLING_CODES:
+        return True
+    # A transaction DynamoDB cancelled because one of its items was throttled (the SDK does not retry these).
+    reasons = error.response.get("CancellationReasons") or []
+    return any(reason.get("Code") in _THROTTLED_ITEM_REASONS for reason in reasons)
