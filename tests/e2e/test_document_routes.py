@@ -149,6 +149,6 @@ def test_finance_exports_on_demand_and_nightly(api: Api, stack: LocalStack) -> N
         assert sum(int(r[column]) for r in rows) == sum(i[field] for i in api_invoices), column
     assert sum(int(p["gross_cents"]) for p in payments) == sum(p["amount_cents"] for p in api_payments) == 20000
 
-    fire(api, "finance_export", "America/New_York", "2030-01-02T06:15:00Z")
-    nightly = _objects(f"exports/{session.practice_id}/finance/2030-01-01--2030-01-01/")
+    fire(api, "finance_export", "America/New_York", "2027-01-02T06:15:00Z")  # within the service dates
+    nightly = _objects(f"exports/{session.practice_id}/finance/2027-01-01--2027-01-01/")
     assert [key.rsplit("/", 1)[1] for key in nightly] == ["invoices.csv", "payments.csv"]

@@ -11,7 +11,7 @@ from billing.ids import new_id
 from billing.localtime import Clock, UtcInstant, local_date
 from billing.money import Cents
 from billing.practices import Practice
-from billing.schema import LongText, ObjectId, Record, RequestModel
+from billing.schema import LongText, ObjectId, Record, RequestModel, ServiceInstant
 
 
 class AppointmentStatus(StrEnum):
@@ -52,7 +52,7 @@ class AppointmentRequest(RequestModel):
     """Body of ``POST /appointments``."""
 
     client_id: ObjectId
-    starts_at: UtcInstant
+    starts_at: ServiceInstant
     duration_minutes: Annotated[int, Field(strict=True, gt=0, le=24 * 60)]
     service_code: ServiceCode
     service_description: LongText | None = None

@@ -1,6 +1,6 @@
 """Clients of a practice. Names, contact details, dates of birth and diagnoses are PHI."""
 
-from datetime import date, datetime
+from datetime import datetime
 from typing import Annotated, Protocol
 
 from pydantic import ConfigDict, Field, StringConstraints
@@ -8,7 +8,7 @@ from pydantic import ConfigDict, Field, StringConstraints
 from billing.errors import existing
 from billing.ids import new_id
 from billing.localtime import Clock
-from billing.schema import Address, Email, Name, Phone, RequestModel
+from billing.schema import Address, BirthDate, Email, Name, Phone, RequestModel
 
 # ICD-10-CM: a letter, a digit, a letter or digit, then optionally a dot and up to four more.
 Icd10Code = Annotated[str, StringConstraints(pattern=r"^[A-TV-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$")]
@@ -21,7 +21,7 @@ class ClientDetails(RequestModel):
     last_name: Name
     email: Email | None = None
     phone: Phone | None = None
-    date_of_birth: date | None = None
+    date_of_birth: BirthDate | None = None
     address: Address | None = None
     diagnosis_codes: Annotated[list[Icd10Code], Field(max_length=12)] = []
 

@@ -22,7 +22,7 @@ from billing.invoices import Invoice, InvoiceStatus
 from billing.localtime import local_date
 from billing.payments import Payment, PaymentMethod, PaymentStatus, Refund, RefundStatus
 from billing.practices import Practice
-from billing.schema import Address, RequestModel
+from billing.schema import Address, Record, RequestModel, ServiceDate
 
 # Bump when a template's layout changes, so cached PDFs of unchanged documents are rendered again.
 LAYOUT_REVISION = 1
@@ -39,8 +39,8 @@ class DocumentType(StrEnum):
 class DateRange(RequestModel):
     """Body of ``POST /clients/{id}/statements`` and ``/superbills`` and ``/exports/finance``: local dates."""
 
-    start: date = Field(alias="from")
-    end: date = Field(alias="to")
+    start: ServiceDate = Field(alias="from")
+    end: ServiceDate = Field(alias="to")
 
     @model_validator(mode="after")
     def _ordered(self) -> "DateRange":
@@ -66,7 +66,7 @@ class ExportRequest(DateRange):
     types: Annotated[list[DocumentType], Field(min_length=1, max_length=4), AfterValidator(_distinct_types)]
 
 
-class DocumentLink(RequestModel):
+class DocumentLink(Record):
     """Where a rendered document can be downloaded, for a few minutes."""
 
     url: str
@@ -82,7 +82,7 @@ class ExportLink(DocumentLink):
     documents: int
 
 
-class FinanceExportLinks(RequestModel):
+class FinanceExportLinks(Record):
     invoices_url: str
     payments_url: str
     expires_at: datetime

@@ -1,5 +1,6 @@
 """The one way to turn UTC instants into practice-local dates (IANA zones via zoneinfo)."""
 
+import re
 from datetime import UTC, date, datetime
 from functools import cache
 from typing import Annotated, Protocol
@@ -13,10 +14,18 @@ def _known_zones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
+# IANA region names, Area/Location[/Sub] in a continent or ocean. Not the legacy and system names zoneinfo also
+# knows ("localtime", "Factory", "posixrules", "EST5EDT", "US/Eastern", "Etc/GMT+5", "posix/..."): they follow the
+# host, carry no region, or read backwards, and a practice's zone must mean the same place everywhere.
+_REGION_NAME = re.compile(
+    r"(Africa|America|Antarctica|Arctic|Asia|Atlantic|Australia|Europe|Indian|Pacific)(/[A-Za-z][A-Za-z0-9_+-]*){1,2}"
+)
+
+
 def check_timezone(name: str) -> str:
-    """Return ``name`` if it is an IANA zone zoneinfo knows, else raise ValueError (a 422 at the edge)."""
-    if name not in _known_zones():
-        raise ValueError(f"unknown IANA time zone {name!r}; use a name like 'America/New_York'")
+    """Return ``name`` if it is ``UTC`` or an IANA region name zoneinfo knows, else raise ValueError (a 422)."""
+    if name != "UTC" and not (_REGION_NAME.fullmatch(name) and name in _known_zones()):
+        raise ValueError("must be an IANA time zone name like 'America/New_York', or 'UTC'")
     return name
 
 
