@@ -11,7 +11,7 @@ PRACTICE ?= prac_demo
 export AWS_DEFAULT_REGION ?= us-east-1
 export PYTHONPATH := $(CURDIR)/layers/billing:$(CURDIR)
 
-.PHONY: run test token lint typecheck validate unit integration e2e check-system check-test-system clean bench
+.PHONY: run test token lint typecheck validate artifacts unit integration e2e check-system check-test-system clean bench
 
 $(STAMP): requirements-dev.txt layers/billing/requirements.txt functions/render_invoice/requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,25 @@ validate: $(STAMP)
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/sam validate --lint --template template.yaml --region $(AWS_DEFAULT_REGION)
 
+# The deploy artifacts, built without a container (no Docker here or in CI): every function and layer but those
+# named in CONTAINER_ONLY, whose BuildMethod needs the Lambda build image (`sam build --use-container`, README
+# "Deploying with SAM"); then each one's unzipped size, and each function's with its layers, against Lambda's limit.
+# Its own build folder, so that `sam deploy` never picks up a build that lacks those.
+CONTAINER_ONLY := WeasyPrintLayer
+ARTIFACTS := .aws-sam/artifacts
+BUILT := $(ARTIFACTS)/build/template.yaml
+
+# python3.12 on PATH is the venv's: SAM installs the requirements with it (manylinux wheels for the runtime).
+$(BUILT): $(STAMP) template.yaml samconfig.toml $(shell find functions layers -type f -not -path '*/__pycache__/*')
+	@mkdir -p $(ARTIFACTS)
+	@echo "sam build (all but $(CONTAINER_ONLY)) into $(ARTIFACTS)/build"
+	@PATH="$(CURDIR)/$(BIN):$$PATH" SAM_CLI_TELEMETRY=0 $(BIN)/sam build --template template.yaml --cached --parallel \
+		--build-dir $(ARTIFACTS)/build --cache-dir $(ARTIFACTS)/cache $(addprefix --exclude ,$(CONTAINER_ONLY)) \
+		>$(ARTIFACTS)/sam-build.log 2>&1 || { cat $(ARTIFACTS)/sam-build.log; exit 1; }
+
+artifacts: $(BUILT)
+	@$(BIN)/python -m local.artifact_sizes --build-dir $(ARTIFACTS)/build $(addprefix --not-built ,$(CONTAINER_ONLY))
+
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
@@ -51,7 +70,7 @@ integration: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e -q
 
-test: $(STAMP) check-test-system lint typecheck validate
+test: $(STAMP) check-test-system lint typecheck validate artifacts
 	$(BIN)/pytest -q -n 2 tests
 
 # Not part of `make test`: cold starts, round-trips, the night at scale, documents and API latency, each against
