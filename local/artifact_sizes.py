@@ -6,9 +6,10 @@ them): Lambda counts a function's code and all its layers together. ``make artif
 
     python -m local.artifact_sizes --build-dir .aws-sam/build [--not-built WeasyPrintLayer]
 
-Prints a table and exits 1 when a function with its layers, or one artifact, is not below the limit, or when an
-artifact was not built and is not named with ``--not-built`` (a resource SAM skipped without anyone deciding so).
-A function that uses an unbuilt layer is checked on what was built: its total is a lower bound.
+Prints a table and exits 1 when a function with its layers, or one artifact, is not below the limit, when an
+artifact was not built and is not named with ``--not-built`` (a resource SAM skipped without anyone deciding so),
+or when ``--not-built`` names something the template lacks. A function that uses an unbuilt layer is checked on
+what was built: its total is a lower bound.
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ class BuildReport:
     def problems(self, allowed_unbuilt: Iterable[str] = ()) -> list[str]:
         """Why the build cannot be deployed as it is; empty when it can (the allowed unbuilt ones aside)."""
         allowed = set(allowed_unbuilt)
-        found = [
+        known = {artifact.logical_id for artifact in self.artifacts}
+        # A stale name would let a renamed resource's skip go unnoticed.
+        found = [f"--not-built {name}: the template has no such function or layer" for name in sorted(allowed - known)]
+        found += [
             f"{artifact.logical_id} was not built"
             for artifact in self.artifacts
             if artifact.size is None and artifact.logical_id not in allowed

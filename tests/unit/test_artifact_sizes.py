@@ -102,6 +102,13 @@ def test_an_artifact_left_unbuilt_without_saying_so_fails(tmp_path: Path, capsys
     assert main(["--build-dir", str(build), "--not-built", "NativeLayer"]) == 0
 
 
+def test_a_skip_must_name_a_resource_of_the_template(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    build = fake_build(tmp_path, renderer_bytes=5000)
+
+    assert main(["--build-dir", str(build), "--not-built", "NativeLayer", "--not-built", "OldLayer"]) == 1
+    assert "--not-built OldLayer: the template has no such function or layer" in capsys.readouterr().err
+
+
 def test_the_table_shows_each_artifact_and_each_function_total(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
