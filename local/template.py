@@ -2,8 +2,10 @@
 
 `load_template` parses the SAM template (CloudFormation short tags included) and exposes what the
 local stack serves and creates: functions, HTTP routes, SQS event sources, tables, buckets, queues,
-secrets and schedule groups. `Resolver` turns intrinsic functions into the local physical values
-described in docs/architecture.md ("Local resource resolution").
+secrets and schedule groups; and, for the IAM audit, what each function's execution role may do
+(`Template.execution_role_statements`) and which key encrypts a resource (`Template.encryption_key`).
+`Resolver` turns intrinsic functions into the local physical values described in docs/architecture.md
+("Local resource resolution"); `Resolver.for_policies` into the values IAM policies see.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,10 @@ SECRET_TYPE = "AWS::SecretsManager::Secret"
 SCHEDULE_GROUP_TYPE = "AWS::Scheduler::ScheduleGroup"
 SCHEDULE_TYPE = "AWS::Scheduler::Schedule"
 HTTP_API_TYPE = "AWS::Serverless::HttpApi"
+ROLE_TYPE = "AWS::IAM::Role"
+KMS_KEY_TYPE = "AWS::KMS::Key"
+KMS_ALIAS_TYPE = "AWS::KMS::Alias"
+SNS_TOPIC_TYPE = "AWS::SNS::Topic"
 IMPLICIT_HTTP_API = "ServerlessHttpApi"
 
 
@@ -286,7 +292,7 @@ class Template:
                 if not isinstance(event, dict) or event.get("Type") != "SQS":
                     continue
                 event_props = event.get("Properties") or {}
-                queue_id = _referenced_resource(event_props.get("Queue"))
+                queue_id = referenced_resource(event_props.get("Queue"))
                 if queue_id is None or self.resource_type(queue_id) != QUEUE_TYPE:
                     continue
                 if str(event_props.get("Enabled", "true")).lower() == "false":
@@ -342,7 +348,7 @@ class Template:
             specs[logical_id] = QueueSpec(
                 logical_id=logical_id,
                 properties=props,
-                dlq_id=_referenced_resource(redrive.get("deadLetterTargetArn")),
+                dlq_id=referenced_resource(redrive.get("deadLetterTargetArn")),
                 max_receive_count=redrive.get("maxReceiveCount"),
             )
         ordered: list[QueueSpec] = []
@@ -379,6 +385,69 @@ class Template:
         """EventBridge Scheduler schedules declared statically (most are created at run time)."""
         return [ResourceSpec(key, props) for key, props in self.of_type(SCHEDULE_TYPE).items()]
 
+    def function_property(self, function_id: str, name: str) -> Any:
+        """A function's property, or its ``Globals`` default, as SAM reads it."""
+        properties = self.resources[function_id].get("Properties") or {}
+        return properties.get(name, self.globals_for("Function").get(name))
+
+    def execution_role_statements(self, function_id: str) -> list[dict[str, Any]]:
+        """The IAM statements of ``function_id``'s execution role, intrinsics unresolved.
+
+        A ``Role`` of the template: its inline policies (SAM adds nothing to a role it did not make). Else the
+        role SAM generates: ``Policies`` (inline statements, and SAM policy templates expanded as SAM expands
+        them), plus what SAM adds for a ``DeadLetterQueue``, an ``EventInvokeConfig`` destination and an SQS
+        event (the managed AWSLambdaSQSQueueExecutionRole, on every queue). Managed policies named in
+        ``Policies`` are not known here (the billing functions name none).
+        """
+        role = self.function_property(function_id, "Role")
+        if role is not None:
+            return self.role_statements(referenced_resource(role))
+        statements = [
+            statement
+            for policy in self.function_property(function_id, "Policies") or []
+            for statement in _policy_statements(policy)
+        ]
+        return statements + self._sam_added_statements(function_id)
+
+    def role_statements(self, role_id: str | None) -> list[dict[str, Any]]:
+        """The statements of a template role's inline policies (none for a role the template does not declare)."""
+        if role_id is None or self.resource_type(role_id) != ROLE_TYPE:
+            return []  # a role from outside the template: nothing is known about it
+        policies = (self.resources[role_id].get("Properties") or {}).get("Policies") or []
+        return [statement for policy in policies for statement in _policy_statements(policy.get("PolicyDocument"))]
+
+    def _sam_added_statements(self, function_id: str) -> list[dict[str, Any]]:
+        """What SAM puts in the role it generates for failure destinations and SQS events (samtranslator's
+        ``dead_letter_queue_policy_actions``, ``_add_event_invoke_managed_policy`` and ``SQS.get_policy_arn``)."""
+        added: list[dict[str, Any]] = []
+        dead_letters = self.function_property(function_id, "DeadLetterQueue") or {}
+        if dead_letters.get("TargetArn") is not None:
+            action = _DESTINATION_ACTIONS.get(dead_letters.get("Type", ""), "sqs:SendMessage")
+            added.append({"Effect": "Allow", "Action": action, "Resource": dead_letters["TargetArn"]})
+        destinations = (self.function_property(function_id, "EventInvokeConfig") or {}).get("DestinationConfig") or {}
+        for outcome in ("OnSuccess", "OnFailure"):
+            destination = destinations.get(outcome) or {}
+            sends = _DESTINATION_ACTIONS.get(destination.get("Type", ""))
+            if sends and destination.get("Destination") is not None:
+                resource = destination["Destination"]
+                if destination["Type"] == "S3Bucket":
+                    resource = {"Fn::Join": ["/", [resource, "*"]]}
+                added.append({"Effect": "Allow", "Action": sends, "Resource": resource})
+        if any(source.function_id == function_id for source in self.sqs_event_sources):
+            added.append({"Effect": "Allow", "Action": list(SQS_POLLER_ACTIONS), "Resource": "*"})
+        return added
+
+    def encryption_key(self, logical_id: str) -> str | None:
+        """The template KMS key that encrypts a table, queue, bucket or secret at rest, by logical id.
+
+        None when AWS's own keys do it (no setting, ``alias/aws/...``, SSE-S3): those need no IAM grant.
+        """
+        properties = self.resources.get(logical_id, {}).get("Properties") or {}
+        key = referenced_resource(_key_setting(self.resource_type(logical_id), properties))
+        if self.resource_type(key or "") == KMS_ALIAS_TYPE:
+            key = referenced_resource((self.resources[str(key)].get("Properties") or {}).get("TargetKeyId"))
+        return key if self.resource_type(key or "") == KMS_KEY_TYPE else None
+
 
 def _number(value: Any, default: int) -> int:
     """A literal integer property, or Lambda's default when absent or computed by an intrinsic."""
@@ -395,7 +464,7 @@ def _variables(environment: Any) -> dict[str, Any]:
     return dict(variables) if isinstance(variables, dict) else {}
 
 
-def _referenced_resource(value: Any) -> str | None:
+def referenced_resource(value: Any) -> str | None:
     """The logical id behind ``!GetAtt X.Arn`` or ``!Ref X``, if that is what ``value`` is."""
     if isinstance(value, dict):
         if isinstance(value.get("Fn::GetAtt"), list) and value["Fn::GetAtt"]:
@@ -403,6 +472,56 @@ def _referenced_resource(value: Any) -> str | None:
         if isinstance(value.get("Ref"), str):
             return str(value["Ref"])
     return None
+
+
+# What SAM grants a generated role for each kind of failure destination.
+_DESTINATION_ACTIONS = {
+    "SQS": "sqs:SendMessage",
+    "SNS": "sns:Publish",
+    "Lambda": "lambda:InvokeFunction",
+    "EventBridge": "events:PutEvents",
+    "S3Bucket": "s3:PutObject",
+}
+# What Lambda's SQS event source mapping does with the function's role.
+SQS_POLLER_ACTIONS = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes")
+
+
+def _key_setting(resource_type: str | None, properties: Mapping[str, Any]) -> Any:
+    """The property in which a table, queue, secret or bucket names its KMS key (None: AWS's own key)."""
+    if resource_type in TABLE_TYPES:
+        return (properties.get("SSESpecification") or {}).get("KMSMasterKeyId")
+    if resource_type == QUEUE_TYPE:
+        return properties.get("KmsMasterKeyId")
+    if resource_type == SECRET_TYPE:
+        return properties.get("KmsKeyId")
+    if resource_type == BUCKET_TYPE:
+        rules = (properties.get("BucketEncryption") or {}).get("ServerSideEncryptionConfiguration") or [{}]
+        default = rules[0].get("ServerSideEncryptionByDefault") or {}
+        return default.get("KMSMasterKeyID") if str(default.get("SSEAlgorithm")).startswith("aws:kms") else None
+    return None
+
+
+def _policy_statements(policy: Any) -> list[dict[str, Any]]:
+    """The statements of one ``Policies`` entry: a policy document, or a SAM policy template (expanded)."""
+    if not isinstance(policy, dict):
+        return []  # a managed policy's name or ARN
+    if len(policy) == 1 and _sam_policy_templates().has(next(iter(policy))):
+        name, parameters = next(iter(policy.items()))
+        policy = _sam_policy_templates().convert(name, parameters or {})
+    statements = policy.get("Statement", [])
+    return [statement for statement in _as_list(statements) if isinstance(statement, dict)]
+
+
+@cache
+def _sam_policy_templates() -> Any:
+    """SAM's own policy templates (``SQSPollerPolicy``...), the same expansion ``sam deploy`` does."""
+    from samtranslator.policy_template_processor.processor import PolicyTemplatesProcessor
+
+    return PolicyTemplatesProcessor(PolicyTemplatesProcessor.get_default_policy_templates_json())
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def load_template(path: str | Path | None = None) -> Template:
@@ -505,6 +624,17 @@ class Resolver:
             parts = resource_type.split("::")
             service = parts[1].lower() if len(parts) == 3 else "local"
         return f"arn:aws:{service}:{region}:{account}:{name}"
+
+    def for_policies(self) -> Resolver:
+        """A resolver for IAM policy documents: ``Ref`` of a secret or a topic is its ARN, as in AWS (the
+        functions' environments keep the names the local stack looks them up by)."""
+        return PolicyResolver(
+            self.template,
+            self.region,
+            queue_urls=self.queue_urls,
+            parameters=self.parameter_overrides,
+            sqs_endpoint=self.sqs_endpoint,
+        )
 
     def function_arn(self, function_id: str) -> str:
         """``arn:aws:lambda:<region>:123456789012:function:<LogicalId>``."""
@@ -683,3 +813,13 @@ class Resolver:
             else:
                 environment[name] = str(resolved)
         return environment
+
+
+class PolicyResolver(Resolver):
+    """`Resolver` for IAM policies: where CloudFormation's ``Ref`` is an ARN (secrets, topics), so is this one's."""
+
+    def ref(self, name: str) -> Any:
+        """``Ref``, with ARNs for the resource types whose ``Ref`` is their ARN."""
+        if self.template.resource_type(name) in (SECRET_TYPE, SNS_TOPIC_TYPE):
+            return self.arn(name)
+        return super().ref(name)

@@ -2,8 +2,8 @@
 
 The rules and the checking live in `local.iam_audit` and run inside the worker processes (the
 handlers no longer run in the test process): a stack started with ``iam_audit=<folder>`` has every
-DynamoDB call its functions make checked against the calling function's own IAM statements in the
-template, and each call they do not allow appended to a file in that folder. `IamAuditLog` reads
+AWS call its functions make checked against the calling function's own IAM statements in the template,
+and each call they do not allow appended to a file in that folder. `IamAuditLog` reads
 them back so a test can assert that it caused none (conftest.py does, for every end-to-end test).
 """
 

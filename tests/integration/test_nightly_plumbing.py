@@ -26,6 +26,7 @@ def test_schedules_are_created_once_per_zone_with_the_zone_and_a_safe_time(
         group_name=group,
         role_arn="arn:aws:iam::123456789012:role/SchedulerInvokeRole",
         targets={NightlyJob.DAILY_INVOICES: target},
+        dead_letter_arn=resolver.arn("SchedulesDLQ"),
     )
     for zone in ("America/Santiago", "America/Santiago", "Europe/London"):
         schedules.ensure_timezone(zone)  # saving a practice again, or a second practice in the zone

@@ -34,14 +34,27 @@ def retry_policy(job: NightlyJob, run_at: time) -> dict[str, int]:
 
 
 class NightlySchedules:
-    """Creates the per-zone schedules idempotently (an existing schedule is left as it is)."""
+    """Creates the per-zone schedules idempotently (an existing schedule is left as it is).
 
-    def __init__(self, client: Any, clock: Clock, group_name: str, role_arn: str, targets: Mapping[NightlyJob, str]):
+    Every schedule retries a failed delivery within its `retry_policy` and then hands the invocation to the
+    dead-letter queue ``dead_letter_arn`` (template.yaml's ``SchedulesDLQ``), so a missed night is never silent.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        clock: Clock,
+        group_name: str,
+        role_arn: str,
+        targets: Mapping[NightlyJob, str],
+        dead_letter_arn: str,
+    ):
         self._scheduler = client
         self._clock = clock
         self._group = group_name
         self._role_arn = role_arn
         self._targets = targets
+        self._dead_letter_arn = dead_letter_arn
 
     def ensure_timezone(self, timezone: str) -> None:
         for job, target_arn in self._targets.items():
@@ -60,6 +73,7 @@ class NightlySchedules:
                         "RoleArn": self._role_arn,
                         "Input": json.dumps(schedule_input(job, timezone)),
                         "RetryPolicy": retry_policy(job, run_at),
+                        "DeadLetterConfig": {"Arn": self._dead_letter_arn},
                     },
                 )
             except ClientError as error:

@@ -18,6 +18,7 @@ class FunctionSettings(BaseModel):
 class CalendarSettings(FunctionSettings):
     schedule_group_name: str = Field(alias="SCHEDULE_GROUP_NAME", min_length=1)
     scheduler_role_arn: str = Field(alias="SCHEDULER_ROLE_ARN", min_length=1)
+    schedules_dlq_arn: str = Field(alias="SCHEDULES_DLQ_ARN", min_length=1)
     daily_invoices_function_arn: str = Field(alias="DAILY_INVOICES_FUNCTION_ARN", min_length=1)
     autopay_function_arn: str = Field(alias="AUTOPAY_FUNCTION_ARN", min_length=1)
     finance_export_function_arn: str = Field(alias="FINANCE_EXPORT_FUNCTION_ARN", min_length=1)

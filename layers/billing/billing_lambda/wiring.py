@@ -41,6 +41,7 @@ def nightly_schedules() -> NightlySchedules:
             NightlyJob.AUTOPAY: settings.autopay_function_arn,
             NightlyJob.FINANCE_EXPORT: settings.finance_export_function_arn,
         },
+        dead_letter_arn=settings.schedules_dlq_arn,
     )
 
 
