@@ -1,7 +1,7 @@
 """Payments: cards on file, payments (card through the processor, or recorded), time-of-service
 "Create Invoice & Add Payment", refunds, and a client's payment history."""
 
-from typing import Any
+from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
@@ -24,9 +24,13 @@ from billing_lambda import wiring
 from billing_lambda.http import PathId, build_resolver, clinician, idempotency_key, resolve
 from billing_lambda.observability import logger, metrics, tracer
 from billing_lambda.openapi import (
+    CARD_BODY,
     EVERY_ROUTE,
     IDEMPOTENCY_KEY,
     INVALID,
+    PAYMENT_BODY,
+    REFUND_BODY,
+    TIME_OF_SERVICE_BODY,
     accepted,
     created,
     no_content,
@@ -64,7 +68,7 @@ def _accepted(status_code: int, body: Any) -> Response:
     ),
     openapi_extensions=requires(IDEMPOTENCY_KEY),
 )
-def post_payment(request: PaymentRequest) -> Response[Payment]:
+def post_payment(request: Annotated[PaymentRequest, PAYMENT_BODY]) -> Response[Payment]:
     practice = wiring.practice(clinician(app).practice_id)
     key = idempotency_key(app)
     store, gateway = wiring.store(), wiring.gateway()
@@ -91,7 +95,9 @@ def post_payment(request: PaymentRequest) -> Response[Payment]:
     ),
     openapi_extensions=requires(IDEMPOTENCY_KEY),
 )
-def post_invoice_and_payment(appointment_id: PathId, request: AppointmentPaymentRequest) -> Response[InvoiceAndPayment]:
+def post_invoice_and_payment(
+    appointment_id: PathId, request: Annotated[AppointmentPaymentRequest, TIME_OF_SERVICE_BODY]
+) -> Response[InvoiceAndPayment]:
     practice = wiring.practice(clinician(app).practice_id)
     key = idempotency_key(app)
     done = payment_service.invoice_and_pay(
@@ -132,7 +138,9 @@ def list_payments(client_id: PathId) -> dict[str, list[Payment]]:
     ),
     openapi_extensions=requires(IDEMPOTENCY_KEY),
 )
-def post_refund(payment_id: PathId, request: RefundRequest = ALL_REFUNDABLE) -> Response[Refund]:
+def post_refund(
+    payment_id: PathId, request: Annotated[RefundRequest, REFUND_BODY] = ALL_REFUNDABLE
+) -> Response[Refund]:
     practice_id = clinician(app).practice_id
     key = idempotency_key(app)
     refund = refund_service.refund_payment(
@@ -150,7 +158,7 @@ def post_refund(payment_id: PathId, request: RefundRequest = ALL_REFUNDABLE) -> 
     "default. 402 when the issuer refuses the card, 400 when it is unknown, used elsewhere or not a card.",
     responses=responses(created("The card (brand, last4 and expiry only)"), *EVERY_ROUTE, 402, 404, INVALID),
 )
-def post_card(client_id: PathId, request: CardRequest) -> Card:
+def post_card(client_id: PathId, request: Annotated[CardRequest, CARD_BODY]) -> Card:
     practice_id = clinician(app).practice_id
     return cards.add_card(wiring.store(), wiring.gateway(), wiring.clock, practice_id, client_id, request)
 

@@ -12,7 +12,7 @@ from billing.autopay import Attempt, AutoPayRequest, AutoPayView, PreviewCharge
 from billing_lambda import wiring
 from billing_lambda.http import PathId, build_resolver, clinician, resolve
 from billing_lambda.observability import logger, metrics, tracer
-from billing_lambda.openapi import EVERY_ROUTE, INVALID, ok, responses
+from billing_lambda.openapi import AUTOPAY_BODY, EVERY_ROUTE, INVALID, ok, responses
 
 app = build_resolver()
 
@@ -25,7 +25,7 @@ app = build_resolver()
     "has no card on file or AutoPay is off for the practice.",
     responses=responses(ok("The AutoPay state, with the consent recorded"), *EVERY_ROUTE, 404, 409, INVALID),
 )
-def put_autopay(client_id: PathId, request: AutoPayRequest) -> AutoPayView:
+def put_autopay(client_id: PathId, request: Annotated[AutoPayRequest, AUTOPAY_BODY]) -> AutoPayView:
     caller = clinician(app)
     practice = wiring.practice(caller.practice_id)
     state = autopay.set_autopay(wiring.store(), wiring.clock, practice, client_id, request, caller.user_id)

@@ -15,7 +15,17 @@ from billing.practices import Practice, PracticeSettings
 from billing_lambda import wiring
 from billing_lambda.http import PathId, build_resolver, clinician, resolve
 from billing_lambda.observability import logger, metrics, tracer
-from billing_lambda.openapi import EVERY_ROUTE, INVALID, created, ok, responses
+from billing_lambda.openapi import (
+    APPOINTMENT_BODY,
+    ATTENDANCE_BODY,
+    CLIENT_BODY,
+    EVERY_ROUTE,
+    INVALID,
+    PRACTICE_BODY,
+    created,
+    ok,
+    responses,
+)
 
 app = build_resolver()
 
@@ -28,7 +38,7 @@ app = build_resolver()
     "settings. Its IANA time zone decides every local date.",
     responses=responses(ok("The practice as saved"), *EVERY_ROUTE, 409, INVALID),
 )
-def put_practice(settings: PracticeSettings) -> Practice:
+def put_practice(settings: Annotated[PracticeSettings, PRACTICE_BODY]) -> Practice:
     caller = clinician(app)
     store = wiring.store()
     before = store.get_practice(caller.practice_id)
@@ -54,7 +64,7 @@ def get_practice() -> Practice:
     summary="Register a client",
     responses=responses(created("The client"), *EVERY_ROUTE, 404, INVALID),
 )
-def post_client(details: ClientDetails) -> Client:
+def post_client(details: Annotated[ClientDetails, CLIENT_BODY]) -> Client:
     caller = clinician(app)
     wiring.practice(caller.practice_id)
     client = clients.add_client(wiring.store(), wiring.clock, caller.practice_id, details)
@@ -93,7 +103,7 @@ def get_billing_overview(client_id: PathId) -> BillingOverview:
     description="Its `local_date` is the date of `starts_at` in the practice's time zone.",
     responses=responses(created("The appointment (`invoice_id` null)"), *EVERY_ROUTE, 404, INVALID),
 )
-def post_appointment(request: AppointmentRequest) -> Appointment:
+def post_appointment(request: Annotated[AppointmentRequest, APPOINTMENT_BODY]) -> Appointment:
     caller = clinician(app)
     practice = wiring.practice(caller.practice_id)
     clients.require_client(wiring.store(), caller.practice_id, request.client_id)
@@ -119,7 +129,7 @@ def list_appointments(day: Annotated[date, Query(alias="date")]) -> dict[str, li
     "invoice first); its modality, modifiers and units may still change.",
     responses=responses(ok("The appointment as changed"), *EVERY_ROUTE, 404, 409, INVALID),
 )
-def patch_appointment(appointment_id: PathId, change: AppointmentChange) -> Appointment:
+def patch_appointment(appointment_id: PathId, change: Annotated[AppointmentChange, ATTENDANCE_BODY]) -> Appointment:
     caller = clinician(app)
     return calendar.change_appointment(wiring.store(), wiring.clock, caller.practice_id, appointment_id, change)
 

@@ -1,6 +1,6 @@
 """Invoices by hand: create from chosen appointments, read, list a client's, void."""
 
-from typing import Any
+from typing import Annotated, Any
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -12,7 +12,7 @@ from billing.localtime import local_date
 from billing_lambda import wiring
 from billing_lambda.http import PathId, build_resolver, clinician, resolve
 from billing_lambda.observability import logger, metrics, tracer
-from billing_lambda.openapi import EVERY_ROUTE, INVALID, created, ok, responses
+from billing_lambda.openapi import EVERY_ROUTE, INVALID, INVOICE_BODY, created, ok, responses
 
 app = build_resolver()
 
@@ -26,7 +26,7 @@ app = build_resolver()
     "an appointment is already on a live invoice or is not billable.",
     responses=responses(created("The invoice"), *EVERY_ROUTE, 404, 409, INVALID),
 )
-def post_invoice(request: InvoiceRequest) -> Invoice:
+def post_invoice(request: Annotated[InvoiceRequest, INVOICE_BODY]) -> Invoice:
     caller = clinician(app)
     require_client(wiring.store(), caller.practice_id, request.client_id)
     invoice = invoice_service.create_invoice(wiring.store(), wiring.clock, caller.practice_id, request)

@@ -2,7 +2,7 @@
 
 Every route acts for the client the verified token names (``custom:client_id``); clinician tokens get 403."""
 
-from typing import Any
+from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
@@ -18,9 +18,12 @@ from billing_lambda import wiring
 from billing_lambda.http import PathId, Tenant, build_resolver, idempotency_key, portal_client, resolve
 from billing_lambda.observability import logger, metrics, tracer
 from billing_lambda.openapi import (
+    AUTOPAY_BODY,
+    CARD_BODY,
     EVERY_ROUTE,
     IDEMPOTENCY_KEY,
     INVALID,
+    PORTAL_PAYMENT_BODY,
     accepted,
     created,
     no_content,
@@ -72,7 +75,7 @@ def get_my_account() -> PortalAccount:
     ),
     openapi_extensions=requires(IDEMPOTENCY_KEY),
 )
-def post_my_payment(request: PortalPaymentRequest) -> Response[Payment]:
+def post_my_payment(request: Annotated[PortalPaymentRequest, PORTAL_PAYMENT_BODY]) -> Response[Payment]:
     caller = _caller()
     practice = wiring.practice(caller.practice_id)
     key = idempotency_key(app)
@@ -103,7 +106,7 @@ def get_my_cards() -> dict[str, list[Card]]:
     summary="Put a card on file (a Stripe PaymentMethod)",
     responses=responses(created("The card (brand, last4 and expiry only)"), *EVERY_ROUTE, 402, 404, INVALID),
 )
-def post_my_card(request: CardRequest) -> Card:
+def post_my_card(request: Annotated[CardRequest, CARD_BODY]) -> Card:
     caller = _caller()
     assert caller.client_id is not None
     return cards.add_card(wiring.store(), wiring.gateway(), wiring.clock, caller.practice_id, caller.client_id, request)
@@ -130,7 +133,7 @@ def delete_my_card(card_id: PathId):  # returns a bare Response: it is not a pyd
     description="409 when there is no card on file or AutoPay is off for the practice.",
     responses=responses(ok("The AutoPay state, with the consent recorded"), *EVERY_ROUTE, 404, 409, INVALID),
 )
-def put_my_autopay(request: AutoPayRequest) -> AutoPayView:
+def put_my_autopay(request: Annotated[AutoPayRequest, AUTOPAY_BODY]) -> AutoPayView:
     caller = _caller()
     practice = wiring.practice(caller.practice_id)
     assert caller.client_id is not None

@@ -19,7 +19,7 @@ from billing_lambda import wiring
 from billing_lambda.aws_clients import client
 from billing_lambda.http import PathId, Tenant, build_resolver, clinician, portal_client, resolve
 from billing_lambda.observability import logger, metrics, tracer
-from billing_lambda.openapi import EVERY_ROUTE, INVALID, created, ok, responses
+from billing_lambda.openapi import EVERY_ROUTE, EXPORT_BODY, INVALID, PERIOD_BODY, created, ok, responses
 
 app = build_resolver()
 LINK = "A presigned link to the PDF, valid for at most 5 minutes"
@@ -59,7 +59,7 @@ def get_receipt(payment_id: PathId) -> DocumentLink:
     description="Opening balance, the invoices and payments of the range, closing balance.",
     responses=responses(created(LINK), *EVERY_ROUTE, 404, INVALID),
 )
-def post_statement(client_id: PathId, period: DateRange) -> StatementLink:
+def post_statement(client_id: PathId, period: Annotated[DateRange, PERIOD_BODY]) -> StatementLink:
     return publisher(clinician(app)).statement(client_id, period)
 
 
@@ -72,7 +72,7 @@ def post_statement(client_id: PathId, period: DateRange) -> StatementLink:
     "`superbill_details_missing` names what the practice or client still lacks.",
     responses=responses(created(LINK), *EVERY_ROUTE, 404, 409, INVALID),
 )
-def post_superbill(client_id: PathId, period: DateRange) -> DocumentLink:
+def post_superbill(client_id: PathId, period: Annotated[DateRange, PERIOD_BODY]) -> DocumentLink:
     return publisher(clinician(app)).superbill(client_id, period)
 
 
@@ -84,7 +84,7 @@ def post_superbill(client_id: PathId, period: DateRange) -> DocumentLink:
     description="409 `no_documents` when the range holds none of the types asked for.",
     responses=responses(created(LINK), *EVERY_ROUTE, 404, 409, INVALID),
 )
-def post_series(client_id: PathId, request: ExportRequest) -> ExportLink:
+def post_series(client_id: PathId, request: Annotated[ExportRequest, EXPORT_BODY]) -> ExportLink:
     return publisher(clinician(app)).series(client_id, request, request.types)
 
 
@@ -95,7 +95,7 @@ def post_series(client_id: PathId, request: ExportRequest) -> ExportLink:
     summary="Invoices and payments CSVs for a range",
     responses=responses(created("Links to the two CSVs, valid for at most 5 minutes"), *EVERY_ROUTE, 404, INVALID),
 )
-def post_finance_export(period: DateRange) -> FinanceExportLinks:
+def post_finance_export(period: Annotated[DateRange, PERIOD_BODY]) -> FinanceExportLinks:
     caller = clinician(app)
     return FinanceExports.from_settings(document_store(), wiring.clock).export(
         wiring.practice(caller.practice_id), period

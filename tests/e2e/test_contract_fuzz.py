@@ -1,14 +1,18 @@
 """The API keeps the promises of its OpenAPI document, under requests generated from that document.
 
-Schemathesis reads ``/openapi.json`` and, for every operation, sends requests that match it and requests that
-break it (missing or extra fields, wrong types, no token...), then chains operations along the links it infers
-from the document (create a client, book an appointment, invoice it, pay, refund...). Every answer is checked:
-never a 5xx, only statuses and content types the operation documents, and bodies that match the documented
-schema. Staff routes get a clinician token, ``/portal`` routes the token of a client of the same practice.
+Schemathesis reads ``/openapi.json`` and, for every operation, sends
+- its coverage cases: the document's examples with each field in turn at its boundaries (minimum, maximum, each
+  enum value, present and absent), naming objects that exist in the path, so they reach past "not found" into the
+  rules;
+- generated valid requests (the examples among them), naming existing objects or anything;
+- generated invalid ones (missing or extra fields, wrong types, no token...);
+then chains operations along the links it infers from the document (create a client, book an appointment, invoice
+it, pay, refund...). Every answer is checked: never a 5xx, only statuses and content types the operation documents,
+and bodies that match the documented schema. Staff routes get a clinician token, ``/portal`` routes the token of a
+client of the same practice, which is set up through the API with a card, appointments, an invoice and a payment.
 
-Valid requests name objects that exist in their path (a practice set up through the API with a client, a card,
-appointments, an invoice and a payment), so they reach past "not found" into the rules. Hypothesis is
-derandomized: every run sends the same requests for the same document.
+Deterministic: coverage cases are, and Hypothesis is derandomized, so every run sends the same requests for the
+same document.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ from local.stack import LocalStack
 from local.token import make_token
 from tests.e2e.conftest import Api, ApiSession, book
 
+POSITIVE, NEGATIVE = GenerationMode.POSITIVE, GenerationMode.NEGATIVE
+# A check that failed (AssertionError), or several at once (schemathesis' FailureGroup, a BaseExceptionGroup).
+BROKEN_PROMISE = (AssertionError, BaseExceptionGroup)
+
 # What every answer is checked for.
 CHECK_NAMES = (
     "not_a_server_error",
@@ -36,7 +44,8 @@ CHECK_NAMES = (
     "content_type_conformance",
     "response_schema_conformance",
 )
-EXAMPLES_PER_MODE = 10  # requests per operation, for each of positive and negative generation
+COVERAGE_CASES = 30  # at most, per operation
+EXAMPLES_PER_MODE = 6  # generated requests per operation, for each of positive and negative generation
 SCENARIOS = 25  # stateful chains
 STEPS_PER_SCENARIO = 8
 PRACTICE = {
@@ -133,28 +142,44 @@ def session(stack: LocalStack) -> Iterator[ApiSession]:
         yield http
 
 
-def requests_for(operation: Any, mode: GenerationMode, practice: Practice) -> st.SearchStrategy[schemathesis.Case]:
-    """Requests for ``operation``: valid ones name the practice's objects in the path, so they get past 404 into
-    the rules; invalid ones name anything."""
-    if mode is GenerationMode.POSITIVE:
-        known = practice.known([parameter.name for parameter in operation.path_parameters])
-        return operation.as_strategy(mode, path_parameters=known)
-    return operation.as_strategy(mode)
+def coverage_cases(contract: Any, operation: Any, practice: Practice) -> list[schemathesis.Case]:
+    """The operation's valid coverage cases (its own method only), naming the practice's objects in the path, with
+    the token of the route's role."""
+    config = contract.config.generation_for(operation=operation)
+    valid = contract.iter_coverage_cases(operation, generation_modes=[POSITIVE], generation_config=config)
+    cases = [case for case in valid if case.method.upper() == operation.method.upper()][:COVERAGE_CASES]
+    known = practice.known([parameter.name for parameter in operation.path_parameters])
+    for case in cases:
+        case.path_parameters = {**(case.path_parameters or {}), **known}
+        contract.auth.set(case, schemathesis.AuthContext(operation=operation, app=None))  # as generated cases get it
+    return cases
 
 
-def failures_of(operation: Any, practice: Practice, session: ApiSession, checks: list[Any]) -> list[str]:
-    """What went wrong for ``operation``: one report per generation mode that found a broken promise."""
+def generated(operation: Any, mode: GenerationMode, practice: Practice) -> st.SearchStrategy[schemathesis.Case]:
+    """Generated requests: valid ones are the document's examples, or name the practice's objects, or anything."""
+    if mode is NEGATIVE:
+        return operation.as_strategy(mode)
+    known = practice.known([parameter.name for parameter in operation.path_parameters])
+    examples = operation.get_strategies_from_examples(path_parameters=known)
+    return st.one_of(*examples, operation.as_strategy(mode, path_parameters=known), operation.as_strategy(mode))
+
+
+def failures_of(operation: Any, contract: Any, practice: Practice, session: ApiSession, checks: list[Any]) -> list[str]:
+    """What went wrong for ``operation``: one report per coverage case, and per generation mode, that failed."""
+
+    def answer_as_documented(case: schemathesis.Case) -> None:
+        case.call_and_validate(session=session, checks=checks)
+
     found = []
-    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-
-        @FUZZ_SETTINGS
-        @given(requests_for(operation, mode, practice))
-        def fuzz(case: schemathesis.Case) -> None:
-            case.call_and_validate(session=session, checks=checks)
-
+    for case in coverage_cases(contract, operation, practice):
         try:
-            fuzz()
-        except Exception as failure:  # schemathesis' report: what failed, and a curl command that repeats it
+            answer_as_documented(case)
+        except BROKEN_PROMISE as failure:  # schemathesis' report: what failed, and a curl command that repeats it
+            found.append(f"{operation.label} (coverage):\n{failure}")
+    for mode in (POSITIVE, NEGATIVE):
+        try:
+            FUZZ_SETTINGS(given(generated(operation, mode, practice))(answer_as_documented))()
+        except BROKEN_PROMISE as failure:
             found.append(f"{operation.label} ({mode.value}):\n{failure}")
     return found
 
@@ -163,7 +188,9 @@ def test_every_operation_answers_as_documented(
     contract: schemathesis.BaseSchema, practice: Practice, session: ApiSession, checks: list[Any]
 ) -> None:
     operations = [result.ok() for result in contract.get_all_operations()]
-    failures = [failure for operation in operations for failure in failures_of(operation, practice, session, checks)]
+    failures = [
+        failure for operation in operations for failure in failures_of(operation, contract, practice, session, checks)
+    ]
     assert not failures, "\n\n".join(failures)
 
 

@@ -9,6 +9,7 @@ import copy
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from local.stack import LocalStack
@@ -85,6 +86,31 @@ def test_every_error_is_documented_in_the_error_shape(openapi_document: dict[str
             assert "error" in schema["required"], (key, status)
             error = property_schema(openapi_document, schema, "error")
             assert {"code", "message", "details"} <= set(error["required"]), (key, status)
+
+
+def examples(document: dict[str, Any]) -> list[tuple[str, dict[str, Any], Any]]:
+    """Every example of the document: where it is, the schema it illustrates, and its value."""
+    found = []
+    for (method, path), operation in operations(document).items():
+        for parameter in operation.get("parameters", []):
+            if "example" in parameter:
+                found.append((f"{method} {path} {parameter['name']}", parameter["schema"], parameter["example"]))
+        bodies = [("request", operation.get("requestBody") or {})]
+        bodies += [(status, response) for status, response in operation["responses"].items()]
+        for label, described in bodies:
+            for media in (described.get("content") or {}).values():
+                for name, example in (media.get("examples") or {}).items():
+                    found.append((f"{method} {path} {label} {name}", media["schema"], example["value"]))
+    return found
+
+
+def test_every_example_matches_its_schema(openapi_document: dict[str, Any]) -> None:
+    found = examples(openapi_document)
+    assert len(found) > 100
+    for where, schema, value in found:
+        validator = Draft202012Validator({**schema, "components": openapi_document["components"]})
+        problems = [problem.message for problem in validator.iter_errors(value)]
+        assert not problems, (where, problems)
 
 
 def test_every_operation_that_takes_input_documents_its_validation_error(openapi_document: dict[str, Any]) -> None:

@@ -10,7 +10,8 @@ route's successes. Headers a handler checks itself are listed with ``openapi_ext
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
-from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer, OpenAPI
+from aws_lambda_powertools.event_handler.openapi.models import Example, HTTPBearer, OpenAPI
+from aws_lambda_powertools.event_handler.openapi.params import Body
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -247,6 +248,85 @@ STRIPE_SIGNATURE = _header(
 def requires(*headers: dict[str, Any]) -> dict[str, Any]:
     """``openapi_extensions=`` for a route whose handler requires ``headers`` (see `finish`)."""
     return {_HEADERS_EXTENSION: list(headers)}
+
+
+# ---------------------------------------------------------------- example request bodies
+
+# Made-up people and ids: what a request looks like, never anyone's data.
+_CLIENT, _CARD, _INVOICE = "cli_5f2c9a0e", "card_81d0b7c4", "inv_3a9e61f0"
+_PERIOD = {"from": "2026-11-01", "to": "2026-11-30"}
+
+
+def body(**examples: tuple[str, Any]) -> Body:
+    """A request body (Powertools ``Body``) documented with ``name=(summary, value)`` examples."""
+    return Body(
+        openapi_examples={name: Example(summary=summary, value=value) for name, (summary, value) in examples.items()}
+    )
+
+
+PRACTICE_BODY = body(
+    daily=(
+        "Invoices each local night, AutoPay on",
+        {
+            "name": "Calm Minds Counselling",
+            "timezone": "America/Chicago",
+            "invoice_creation": "daily",
+            "invoice_due_days": 14,
+            "autopay_enabled": True,
+            "npi": "1234567893",
+            "tax_id": "12-3456789",
+        },
+    )
+)
+CLIENT_BODY = body(client=("A client", {"first_name": "Ada", "last_name": "Byron", "diagnosis_codes": ["F41.1"]}))
+APPOINTMENT_BODY = body(
+    attended=(
+        "A 50-minute session that took place",
+        {
+            "client_id": _CLIENT,
+            "starts_at": "2026-11-27T15:00:00Z",
+            "duration_minutes": 50,
+            "service_code": "90837",
+            "fee_cents": 15000,
+            "status": "show",
+        },
+    )
+)
+ATTENDANCE_BODY = body(no_show=("A no-show, with its fee", {"status": "no_show", "fee_cents": 5000}))
+INVOICE_BODY = body(
+    invoice=(
+        "Two appointments of one client",
+        {"client_id": _CLIENT, "appointment_ids": ["apt_0c7e21aa", "apt_4b9d03f1"]},
+    )
+)
+PAYMENT_BODY = body(
+    card=("Charge the default card", {"client_id": _CLIENT, "amount_cents": 15000, "method": "card_on_file"}),
+    cash=(
+        "Record cash for one invoice",
+        {
+            "client_id": _CLIENT,
+            "amount_cents": 5000,
+            "method": "cash",
+            "reference": "front desk",
+            "invoice_ids": [_INVOICE],
+        },
+    ),
+)
+TIME_OF_SERVICE_BODY = body(card=("Charge the default card", {"method": "card_on_file"}))
+REFUND_BODY = body(part=("Refund $25.00", {"amount_cents": 2500}), everything=("All that is refundable", {}))
+CARD_BODY = body(visa=("A card collected by Stripe.js", {"payment_method_id": "pm_card_visa"}))
+AUTOPAY_BODY = body(
+    enrol=("Enrol with this card", {"enabled": True, "card_id": _CARD}), end=("End AutoPay", {"enabled": False})
+)
+PERIOD_BODY = body(month=("November 2026", _PERIOD))
+EXPORT_BODY = body(month=("Invoices and receipts of November 2026", {**_PERIOD, "types": ["invoice", "receipt"]}))
+PORTAL_PAYMENT_BODY = body(
+    balance=("The whole balance, by the default card", {}),
+    invoice=(
+        "One invoice, by a new card kept on file",
+        {"invoice_ids": [_INVOICE], "payment_method_id": "pm_card_visa", "save_card": True},
+    ),
+)
 
 
 # ---------------------------------------------------------------- the resolver and its document
