@@ -40,13 +40,13 @@ def in_process_sections(names: list[str], quick: bool) -> list[Section]:
         aws.stop()
 
 
-def run(names: list[str], quick: bool) -> list[Section]:
+def run(names: list[str], quick: bool, night_sizes: tuple[int, ...] | None = None) -> list[Section]:
     """The chosen benchmarks, in the report's order: subprocess and in-process ones first, the night last."""
     sections = [imports.run(quick)] if "cold_start" in names else []
     sections += [documents.run(quick)] if "documents" in names else []
     in_process = [name for name in IN_PROCESS if name in names]
     sections += in_process_sections(in_process, quick) if in_process else []
-    sections += [night.run(quick)] if "night" in names else []
+    sections += [night.run(quick, night_sizes)] if "night" in names else []
     return sections
 
 
@@ -63,15 +63,20 @@ def preamble(quick: bool, seconds: float, load: tuple[float, float, float]) -> s
     )
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    return tuple(int(size) for size in text.split(","))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (prints the report)")
     parser.add_argument("--only", action="append", choices=BENCHMARKS, help="run only this one (prints the report)")
+    parser.add_argument("--night-sizes", type=_sizes, help="practices per night, e.g. 250,500,1000,2000")
     options = parser.parse_args()
     warnings.simplefilter("ignore")  # Powertools warns when a request records no metric; moto about dates
     started, load = time.perf_counter(), os.getloadavg()
     with quiet_stdout():
-        sections = run(options.only or list(BENCHMARKS), options.quick)
+        sections = run(options.only or list(BENCHMARKS), options.quick, options.night_sizes)
     text = document(preamble(options.quick, time.perf_counter() - started, load), sections)
     if options.quick or options.only:
         sys.stdout.write(text)

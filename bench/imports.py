@@ -54,20 +54,23 @@ def run(quick: bool = False) -> Section:
         figure = f"cold start: {cold.name} (`{cold.handler.removeprefix('import ')}`{goal})"
         rows.append(Row(figure, milliseconds(cold.median_seconds), milliseconds(baseline.median_seconds), cold.ratio))
     progress("cold starts measured; profiling imports")
+    cpu_ratio = {cold.name: f"{cold.cpu_ratio:.2f}" for cold in cold_starts}
     profiles = []
     for target in import_targets():
         spent = package_seconds(target)
-        profiles.append([target.name, _heaviest(spent), *("yes" if name in spent else "no" for name in WATCHED)])
+        flags = ("yes" if name in spent else "no" for name in WATCHED)
+        profiles.append([target.name, cpu_ratio[target.name], _heaviest(spent), *flags])
     over = [row.figure.split()[2] for row in rows if "target" in row.figure and (row.ratio or 0) > TARGET_RATIO]
     notes = (
         "Each figure is the median, over 7 interleaved rounds (after a warm-up round that writes the bytecode "
         "caches), of the time to import the handler module in a new interpreter set up as Lambda sets one up "
         "(bench/cold_start.py: `CodeUri` then the layer on `sys.path`, the function's environment, "
         "`LAMBDA_TASK_ROOT`). Interpreter start-up is left out. The baseline imports only boto3, pydantic and "
-        "Powertools' `APIGatewayHttpResolver`, `Logger` and `Metrics`.\n\n"
+        "Powertools' `APIGatewayHttpResolver`, `Logger` and `Metrics`. The same rounds' CPU time, steadier "
+        "on a shared machine, gives the CPU ratio below.\n\n"
         f"Over the {TARGET_RATIO} target in this run: {', '.join(over) or 'none'}.\n\n"
         "Where each import spends its time (`python -X importtime`, one run: milliseconds of module bodies summed "
         "per top-level package, heaviest first) and whether the heavy optional packages are imported at all:\n\n"
-        + table(["function", "heaviest packages (ms)", *WATCHED], profiles)
+        + table(["function", "CPU ratio", "heaviest packages (ms)", *WATCHED], profiles)
     )
     return Section("Cold start", rows, notes)

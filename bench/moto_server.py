@@ -1,25 +1,30 @@
 """The night's AWS: local/aws.py's moto server in a process of its own (so moto and the functions use both cores),
-with one change that makes its cost per request independent of the table's size, as DynamoDB's is.
+with two changes that make its cost per request independent of the table's size, as DynamoDB's is. Without them
+a night of P practices costs O(P²) on moto, whatever the code under test does.
 
-moto's ``Table.query`` reads (and sorts) every item of the table and then keeps the queried partition's, so on
-moto a night of P practices costs P queries of O(P) each. DynamoDB reads only the partition. Here a Query on the
-table, or on an index partition named ``PRACTICE#<id>#...`` (GSI1 calendar, GSI2 client timeline, GSI3 work
-lists), only looks at the items of the table partition ``PRACTICE#<id>``: the key design (billing_aws/keys.py)
-puts every item of those index partitions there, so the answer is the same. Queries by zone (GSI1 ``ZONE#...``,
-once per zone and night) still read the whole table.
+- moto's ``Table.query`` reads (and sorts) every item of the table, then keeps the queried partition's. Here a
+  Query on the table, or on an index partition named ``PRACTICE#<id>#...`` (GSI1 calendar, GSI2 client timeline,
+  GSI3 work lists), only looks at the items of the table partition ``PRACTICE#<id>``: the key design
+  (billing_aws/keys.py) puts every item of those index partitions there, so the answer is the same. Queries by
+  zone (GSI1 ``ZONE#...``, once per zone and night) still read the whole table.
+- moto's ``transact_write_items`` backs up by deep-copying every table the transaction names (once per item),
+  to put them back if it is cancelled. Here only the items it names are kept and put back: the same all or
+  nothing, at the cost of the transaction's own items.
 
 ``python -m bench.moto_server`` prints the endpoint on one line and serves until its stdin closes.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
 
 from local.aws import SerialisedMotoServer
@@ -54,9 +59,50 @@ def partition_queries(query: Callable[..., Any]) -> Callable[..., Any]:
     return narrowed
 
 
+KeptItem = tuple[Table, DynamoType, DynamoType | None, Item | None]
+
+
+def _kept(backend: DynamoDBBackend, action: dict[str, Any]) -> KeptItem:
+    """The table, key and current copy (None: absent) of the item one transaction action names."""
+    table = backend.get_table(action["TableName"])
+    key = action.get("Key") or action["Item"]
+    hash_key = DynamoType(key[table.hash_key_attr])
+    range_key = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
+    return table, hash_key, range_key, copy.deepcopy(table.get_item(hash_key, range_key))
+
+
+def _put_back(kept: KeptItem) -> None:
+    table, hash_key, range_key, item = kept
+    if item is None:
+        table.delete_item(hash_key, range_key)
+    else:
+        table.put_item(item.to_json()["Attributes"])
+
+
+def item_backups(transact: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``DynamoDBBackend.transact_write_items`` so that a cancelled transaction puts back only its own items
+    (moto's whole-table backup is made a no-op meanwhile)."""
+
+    @wraps(transact)
+    def kept_items(backend: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> Any:
+        kept = [_kept(backend, next(iter(action.values()))) for action in transact_items]
+        Table.__deepcopy__ = lambda table, memo: table  # type: ignore[attr-defined]
+        try:
+            return transact(backend, transact_items)
+        except Exception:
+            for item in kept:
+                _put_back(item)
+            raise
+        finally:
+            del Table.__deepcopy__  # type: ignore[attr-defined]
+
+    return kept_items
+
+
 def main() -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     Table.query = partition_queries(Table.query)  # type: ignore[method-assign]
+    DynamoDBBackend.transact_write_items = item_backups(DynamoDBBackend.transact_write_items)  # type: ignore[method-assign]
     server = SerialisedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
