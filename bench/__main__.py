@@ -18,6 +18,7 @@ from pathlib import Path
 from bench import api_latency, documents, imports, night, round_trips
 from bench.functions import functions_against
 from bench.measure import progress, quiet_stdout
+from bench.moto_server import cost_per_request_like_dynamodb
 from bench.report import Section, document
 from local.aws import provision, start_moto
 from local.template import load_template
@@ -32,6 +33,7 @@ BENCHMARKS = ("cold_start", "documents", *IN_PROCESS, "night")
 def in_process_sections(names: list[str], quick: bool) -> list[Section]:
     """Round-trips and API latency: the handlers in this process against one moto server."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request otherwise
+    cost_per_request_like_dynamodb()  # else a write's latency grows with all the table holds
     aws = start_moto()
     try:
         with functions_against(aws, provision(aws, load_template())) as functions:

@@ -11,7 +11,8 @@ a night of P practices costs O(P²) on moto, whatever the code under test does.
   to put them back if it is cancelled. Here only the items it names are kept and put back: the same all or
   nothing, at the cost of the transaction's own items.
 
-``python -m bench.moto_server`` prints the endpoint on one line and serves until its stdin closes.
+``python -m bench.moto_server`` prints the endpoint on one line and serves until its stdin closes; the in-process
+benchmarks apply the same changes with `cost_per_request_like_dynamodb`.
 """
 
 from __future__ import annotations
@@ -99,10 +100,15 @@ def item_backups(transact: Callable[..., Any]) -> Callable[..., Any]:
     return kept_items
 
 
-def main() -> None:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+def cost_per_request_like_dynamodb() -> None:
+    """Apply both changes to moto in this process (for a server that answers one request at a time)."""
     Table.query = partition_queries(Table.query)  # type: ignore[method-assign]
     DynamoDBBackend.transact_write_items = item_backups(DynamoDBBackend.transact_write_items)  # type: ignore[method-assign]
+
+
+def main() -> None:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    cost_per_request_like_dynamodb()
     server = SerialisedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
