@@ -19,7 +19,7 @@ from billing_aws import keys
 from billing_aws.codec import to_attributes
 from billing_lambda.config import FunctionSettings, load_settings
 
-SAMPLES = 60
+SAMPLES = 40
 WARM_UP = 3
 
 

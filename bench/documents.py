@@ -40,7 +40,7 @@ PRACTICE = Practice.model_validate(
     }
 )
 CLIENT = Client(client_id="cli_bench", first_name="Ada", last_name="Byron", created_at=NOW)
-SERIES = {1: 15, 10: 5, 100: 3}  # documents in the series: measured rounds
+SERIES = {1: 15, 10: 5, 100: 2}  # documents in the series: measured rounds
 QUICK_SERIES = {1: 3, 10: 2}
 
 

@@ -11,14 +11,16 @@ table. Reports invoices/s, payments/s and how the time grows with P (least-squar
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -34,9 +36,9 @@ from local.template import Resolver
 from local.token import make_token
 
 ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
-# moto answers a request in about 9 ms of one core and a practice's night is about 22 requests, so these sizes
-# keep `make bench` within ten minutes; `--night-sizes 250,500,1000,2000` runs larger ones (about 15 minutes).
-SIZES = (100, 200, 400, 800)
+# moto answers a request in about 10 ms of one core and a practice's night is about 22 requests, so these sizes
+# keep `make bench` within ten minutes; `--night-sizes 250,500,1000,2000` runs larger ones (about 25 minutes).
+SIZES = (40, 80, 160, 320)
 QUICK_SIZES = (8, 16)
 CLIENTS = 1  # per practice, with a card on file and enrolled in AutoPay
 APPOINTMENTS = 2  # per practice, yesterday, spread over its clients
@@ -45,29 +47,46 @@ WRITE_BATCH = 25  # DynamoDB: at most 25 items in one BatchWriteItem
 
 
 @dataclass(frozen=True)
-class Night:
-    """One size's night: how long each part took and what it made."""
+class Part:
+    """One part of a night, invoicing or AutoPay: its seconds, the moto server's CPU seconds, and what it made."""
 
+    seconds: float
+    moto_cpu: float
+    made: int
+
+
+@dataclass(frozen=True)
+class Night:
     practices: int
-    invoicing_seconds: float
-    invoices: int
-    autopay_seconds: float
-    payments: int
+    invoicing: Part
+    autopay: Part
+
+
+@dataclass(frozen=True)
+class MotoProcess:
+    """bench/moto_server.py running in a process of its own."""
+
+    aws: LocalAws
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used (Linux ``/proc``): the AWS side's work, whatever else loads the machine."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
-def moto_process() -> Iterator[LocalAws]:
+def moto_process() -> Iterator[MotoProcess]:
     """bench/moto_server.py in a process of its own; this process's AWS environment points at it meanwhile."""
     server = subprocess.Popen(
         [sys.executable, "-m", "bench.moto_server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert server.stdout is not None
-        endpoint = server.stdout.readline().strip()
-        aws = LocalAws(endpoint=endpoint, region="us-east-1")
+        aws = LocalAws(endpoint=server.stdout.readline().strip(), region="us-east-1")
         previous = configure_environment(aws.endpoint, aws.region)
         try:
-            yield aws
+            yield MotoProcess(aws, server.pid)
         finally:
             restore_environment(previous)
     finally:
@@ -194,16 +213,26 @@ def fire_every_zone(url: str, job: NightlyJob) -> tuple[float, dict[str, int]]:
     return seconds, totals
 
 
-def one_night(stack: LocalStack, templates: dict[str, list[dict[str, Any]]], practices: int, clients: int) -> Night:
+def night_part(moto: MotoProcess, url: str, job: NightlyJob, made: str) -> Part:
+    """Fire ``job`` in every zone; ``made`` names the workers' summary count of what it made."""
+    cpu = moto.cpu_seconds()
+    seconds, totals = fire_every_zone(url, job)
+    return Part(seconds, moto.cpu_seconds() - cpu, totals.get(made, 0))
+
+
+def one_night(
+    moto: MotoProcess, stack: LocalStack, templates: dict[str, list[dict[str, Any]]], practices: int, clients: int
+) -> Night:
     table_name = stack.resolver.physical_name("BillingTable")
     empty_table(stack.aws, stack.resolver, table_name)
     seed(stack.aws, table_name, templates, practices)
-    invoicing, made = fire_every_zone(stack.url, NightlyJob.DAILY_INVOICES)
-    autopay, charged = fire_every_zone(stack.url, NightlyJob.AUTOPAY)
-    night = Night(practices, invoicing, made.get("invoices_created", 0), autopay, charged.get("charged", 0))
-    if night.invoices != practices * clients or night.payments != practices * clients:
+    invoicing = night_part(moto, stack.url, NightlyJob.DAILY_INVOICES, "invoices_created")
+    night = Night(practices, invoicing, night_part(moto, stack.url, NightlyJob.AUTOPAY, "charged"))
+    if {night.invoicing.made, night.autopay.made} != {practices * clients}:
         raise RuntimeError(f"expected {practices * clients} invoices and payments: {night}")
-    progress(f"night of {practices} practices: invoicing {invoicing:.1f} s, AutoPay {autopay:.1f} s")
+    progress(
+        f"night of {practices} practices: invoicing {invoicing.seconds:.1f} s, AutoPay {night.autopay.seconds:.1f} s"
+    )
     return night
 
 
@@ -243,26 +272,34 @@ def slope(points: list[tuple[int, float]]) -> tuple[float, float]:
     return per, mean_y - per * mean_x
 
 
-def _rows(nights: list[Night], part: str, seconds_of: str, made_of: str, unit: str) -> list[Row]:
+def _rows(nights: list[Night], label: str, part_of: Callable[[Night], Part], unit: str) -> list[Row]:
+    """time(P)/P of each size against the smallest's, with the rate and moto's CPU per practice; then the slope."""
+
+    def per_practice(night: Night) -> str:
+        part = part_of(night)
+        return f"{part.seconds / night.practices * 1000:.1f} ms (moto CPU {part.moto_cpu / night.practices * 1000:.1f})"
+
     first = nights[0]
-    per_first = getattr(first, seconds_of) / first.practices
     rows = []
     for night in nights:
-        seconds, made = getattr(night, seconds_of), getattr(night, made_of)
-        per = seconds / night.practices
+        part = part_of(night)
         rows.append(
             Row(
-                f"{part}, P = {night.practices:,}: time(P)/P",
-                f"{per * 1000:.1f} ms ({seconds:.1f} s, {made / seconds:.1f} {unit}/s)",
-                f"P = {first.practices:,}: {per_first * 1000:.1f} ms",
-                per / per_first,
+                f"{label}, P = {night.practices:,}: time(P)/P",
+                f"{per_practice(night)}; {part.seconds:.1f} s, {part.made / part.seconds:.1f} {unit}/s",
+                f"P = {first.practices:,}: {per_practice(first)}",
+                (part.seconds / night.practices) / (part_of(first).seconds / first.practices),
             )
         )
-    per, intercept = slope([(night.practices, getattr(night, seconds_of)) for night in nights])
-    rows.append(
-        Row(f"{part}: least-squares slope", f"{per * 1000:.1f} ms per practice (+ {intercept:.1f} s)", "", None)
-    )
+    per, intercept = slope([(night.practices, part_of(night).seconds) for night in nights])
+    rows.append(Row(f"{label}: least-squares slope", f"{per * 1000:.1f} ms per practice (+ {intercept:.1f} s)", ""))
     return rows
+
+
+def worst_ratio(nights: list[Night], part_of: Callable[[Night], Part], measure: Callable[[Part], float]) -> float:
+    """The largest (measure per practice) over the smallest size's."""
+    base = measure(part_of(nights[0])) / nights[0].practices
+    return max(measure(part_of(night)) / night.practices / base for night in nights)
 
 
 def run(
@@ -270,7 +307,8 @@ def run(
 ) -> Section:
     sizes = sizes or (QUICK_SIZES if quick else SIZES)
     started = time.perf_counter()
-    with moto_process() as aws:
+    with moto_process() as moto:
+        aws = moto.aws
         stack = start_stack(aws=aws, scheduler=False, preload=False, quiet=True)
         if stack.stripe is not None:  # the charges' webhooks are not the night's work: their function scales apart
             stack.stripe.deliver_webhooks = False
@@ -281,22 +319,29 @@ def run(
                 template_id = TEMPLATE_ID.format(zone=number)
                 make_template(stack, zone, template_id, clients, appointments)
                 templates[template_id] = partition_items(aws, table_name, template_id)
-            one_night(stack, templates, len(ZONES), clients)  # warm-up: every worker's cold start happens here
-            nights = [one_night(stack, templates, size, clients) for size in sizes]
+            one_night(moto, stack, templates, len(ZONES), clients)  # warm-up: every worker's cold start is here
+            nights = [one_night(moto, stack, templates, size, clients) for size in sizes]
             stored = item_sizes(partition_items(aws, table_name, copy_id(0)))  # a practice after its night
         finally:
             stack.stop()
-    rows = _rows(nights, "daily invoicing", "invoicing_seconds", "invoices", "invoices")
-    rows += _rows(nights, "AutoPay", "autopay_seconds", "payments", "payments")
-    spread = [max(r.ratio or 0 for r in part) for part in (rows[: len(nights)], rows[len(nights) + 1 : -1])]
+    parts: dict[str, Callable[[Night], Part]] = {
+        "invoicing": lambda night: night.invoicing,
+        "AutoPay": lambda night: night.autopay,
+    }
+    rows = _rows(nights, "daily invoicing", parts["invoicing"], "invoices")
+    rows += _rows(nights, "AutoPay", parts["AutoPay"], "payments")
+    spread = ", ".join(
+        f"{label} {worst_ratio(nights, part_of, lambda part: part.seconds):.2f} in time and "
+        f"{worst_ratio(nights, part_of, lambda part: part.moto_cpu):.2f} in moto's CPU"
+        for label, part_of in parts.items()
+    )
     notes = NOTES.format(
         zones=", ".join(ZONES),
         zone_count=len(ZONES),
         clients=clients,
         appointments=appointments,
         sizes=", ".join(f"{size:,}" for size in sizes),
-        invoicing_spread=spread[0],
-        autopay_spread=spread[1],
+        spread=spread,
         minutes=(time.perf_counter() - started) / 60,
         sizes_table=table(["item", *stored], [["bytes", *map(str, stored.values())]]),
     )
@@ -319,10 +364,12 @@ is checked to have happened (P x C of each).
   scales on its own, apart from the night's.
 - **AWS stand-in**: moto's server in its own process, serving one request at a time, with its Query read per
   partition and its transactions backed up per item (bench/moto_server.py: as moto ships, both cost O(table), which
-  makes any night quadratic on moto alone). The absolute rates are moto's on this machine (about 9 ms of one core
-  per request, some 22 requests per practice and client, so `--night-sizes 250,500,1000,2000` takes about a
-  quarter of an hour); the shape is the figure: the worst time(P)/P over the smallest size's is
-  {invoicing_spread:.2f} for invoicing and {autopay_spread:.2f} for AutoPay (1.00 is exactly linear).
+  makes any night quadratic on moto alone). The absolute rates are moto's on this machine (about 10 ms of one core
+  per request, some 22 requests per practice and client, which is why these sizes are smaller than 250 to 2,000:
+  `--night-sizes 250,500,1000,2000` takes about 25 minutes); the shape is the figure. The largest cost per
+  practice over the smallest size's is, for {spread} (1.00 is exactly linear). Wall time also carries whatever
+  else loads this shared machine; the moto server's CPU time per practice (read from /proc) is the AWS side's
+  work alone.
 - This part of the bench took {minutes:.1f} minutes, seeding included.
 
 Item sizes after a practice's night (DynamoDB's size rules; docs/scale.md prices request units with them):
