@@ -329,10 +329,10 @@ class Operations:
         )
         return Counted(f"daily-invoices worker ({clients} clients, {appointments} appointments)", calls, bound)
 
-    def autopay_worker(self) -> Counted:
-        """One SQS message: an enrolled client's night, charging one open invoice."""
+    def autopay_worker(self, owing: bool = True) -> Counted:
+        """One SQS message: an enrolled client's night, charging one open invoice (or, not ``owing``, nothing)."""
         practice = Practice(self.functions, autopay_enabled=True)
-        client_id, _ = practice.invoiced_client(card=True)
+        client_id, _ = practice.invoiced_client(1 if owing else 0, card=True)
         practice.call("PUT", f"/clients/{client_id}/autopay", {"enabled": True})
         at = datetime.combine(practice.today, time(3, 30), ZoneInfo(ZONE)).astimezone(UTC)
         night = {
@@ -343,8 +343,11 @@ class Operations:
         }
         with self.log.recording() as calls:
             result = self.functions.deliver("AutoPayWorkerFunction", [night])
-        if result["summary"] != {"charged": 1}:
-            raise AssertionError(f"the AutoPay worker did not charge the client: {result}")
+        if result["summary"] != ({"charged": 1} if owing else {"skipped": 1}):
+            raise AssertionError(f"the AutoPay worker's night was not the expected one: {result}")
+        if not owing:
+            bound = Bound(1, 1, "practice, client and the night's key record; the night's outcome and state together")
+            return Counted("AutoPay worker, per client owing nothing (skipped)", calls, bound)
         bound = Bound(
             2,
             2,
@@ -406,4 +409,5 @@ def every_operation(
     yield operations.void()
     yield operations.daily_invoices_worker(*night)
     yield operations.autopay_worker()
+    yield operations.autopay_worker(owing=False)
     yield from operations.renders()
