@@ -1,6 +1,5 @@
 """AutoPay for staff: enrol a client (consent recorded), the evening preview, and the nightly report."""
 
-from datetime import date
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler.openapi.params import Query
@@ -9,6 +8,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing import autopay
 from billing.autopay import Attempt, AutoPayRequest, AutoPayView, PreviewCharge
+from billing.schema import ServiceDate
 from billing_lambda import wiring
 from billing_lambda.http import PathId, build_resolver, clinician, resolve
 from billing_lambda.observability import logger, metrics, tracer
@@ -41,7 +41,7 @@ def put_autopay(client_id: PathId, request: Annotated[AutoPayRequest, AUTOPAY_BO
     "night's daily invoicing adds first.",
     responses=responses(ok('`{"date", "charges": [{client_id, amount_cents, card_id}]}`'), *EVERY_ROUTE, 404, INVALID),
 )
-def get_preview(day: Annotated[date, Query(alias="date")]) -> dict[str, Any]:
+def get_preview(day: Annotated[ServiceDate, Query(alias="date")]) -> dict[str, Any]:
     practice = wiring.practice(clinician(app).practice_id)
     charges: list[PreviewCharge] = autopay.preview(wiring.store(), practice, day)
     return {"date": day.isoformat(), "charges": [c.model_dump() for c in charges]}
@@ -53,7 +53,7 @@ def get_preview(day: Annotated[date, Query(alias="date")]) -> dict[str, Any]:
     summary="Every AutoPay outcome of a business date",
     responses=responses(ok('`{"date", "outcomes": [...]}`: charged, declined or skipped'), *EVERY_ROUTE, INVALID),
 )
-def get_runs(day: Annotated[date, Query(alias="date")]) -> dict[str, Any]:
+def get_runs(day: Annotated[ServiceDate, Query(alias="date")]) -> dict[str, Any]:
     practice_id = clinician(app).practice_id
     outcomes: list[Attempt] = autopay.night_report(wiring.store(), practice_id, day)
     return {"date": day.isoformat(), "outcomes": [o.model_dump(mode="json") for o in outcomes]}

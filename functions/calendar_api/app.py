@@ -1,6 +1,5 @@
 """Calendar API: the practice and its settings, clients, appointments, and a client's billing overview."""
 
-from datetime import date
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler.openapi.params import Query
@@ -12,6 +11,7 @@ from billing.accounts import BillingOverview
 from billing.calendar import Appointment, AppointmentChange, AppointmentRequest
 from billing.clients import Client, ClientDetails
 from billing.practices import Practice, PracticeSettings
+from billing.schema import ServiceDate
 from billing_lambda import wiring
 from billing_lambda.http import PathId, build_resolver, clinician, resolve
 from billing_lambda.observability import logger, metrics, tracer
@@ -116,7 +116,7 @@ def post_appointment(request: Annotated[AppointmentRequest, APPOINTMENT_BODY]) -
     summary="The appointments of one practice-local day",
     responses=responses(ok('`{"appointments": [...]}`'), *EVERY_ROUTE, INVALID),
 )
-def list_appointments(day: Annotated[date, Query(alias="date")]) -> dict[str, list[Appointment]]:
+def list_appointments(day: Annotated[ServiceDate, Query(alias="date")]) -> dict[str, list[Appointment]]:
     caller = clinician(app)
     return {"appointments": wiring.store().appointments_on(caller.practice_id, day)}
 

@@ -2,7 +2,6 @@
 finance CSV exports on demand. Every route checks the caller may see the object (tenant from the token,
 a portal client only their own), then answers a presigned URL valid for at most 5 minutes."""
 
-from datetime import date
 from typing import Annotated, Any
 
 from archive import DocumentArchive
@@ -15,6 +14,7 @@ from pydantic import ValidationError
 
 from billing.documents import DateRange, DocumentLink, ExportLink, ExportRequest, FinanceExportLinks, StatementLink
 from billing.errors import InvalidRequest
+from billing.schema import ServiceDate
 from billing_lambda import wiring
 from billing_lambda.aws_clients import client
 from billing_lambda.http import PathId, Tenant, build_resolver, clinician, portal_client, resolve
@@ -131,7 +131,7 @@ def get_portal_receipt(payment_id: PathId) -> DocumentLink:
     responses=responses(ok(LINK), *EVERY_ROUTE, 404, INVALID),
 )
 def get_portal_statement(
-    start: Annotated[date, Query(alias="from")], end: Annotated[date, Query(alias="to")]
+    start: Annotated[ServiceDate, Query(alias="from")], end: Annotated[ServiceDate, Query(alias="to")]
 ) -> StatementLink:
     caller = portal_client(app)
     try:
