@@ -792,7 +792,8 @@ class StripeEmulator:
             return copy.deepcopy(self._request_log)
 
     def webhook_deliveries(self) -> list[Obj]:
-        """Every webhook delivery attempt's outcome: event_id, type, status, error, attempts."""
+        """Every webhook delivery attempt's outcome: event_id, type, the charge it concerns (or None), status,
+        error, attempts."""
         with self._lock:
             return copy.deepcopy(self._deliveries)
 
@@ -1524,6 +1525,7 @@ class StripeEmulator:
                 {
                     "event_id": event.get("id"),
                     "type": event.get("type"),
+                    "charge": _charge_of(event["data"]["object"]),
                     "status": status,
                     "error": error,
                     "attempts": attempts,
@@ -2482,6 +2484,11 @@ def _off_session(params: Obj) -> bool:
     if value not in (None, "", "true", "false", "one_off", "recurring"):
         raise _invalid(f"Invalid off_session: {value}", "off_session")
     return bool(value in ("true", "one_off", "recurring"))
+
+
+def _charge_of(obj: Obj) -> str | None:
+    """The charge an event's object concerns: the charge itself, or a refund's or dispute's charge."""
+    return str(obj["id"]) if obj.get("object") == "charge" else obj.get("charge")
 
 
 def _upper(method: str | None) -> str | None:

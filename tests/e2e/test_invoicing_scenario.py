@@ -36,8 +36,10 @@ def test_a_chicago_night_invoices_exactly_the_billable_uninvoiced_appointments(a
     manual = session.post("/invoices", json={"client_id": bob, "appointment_ids": [by_hand]})
     assert manual.status_code == 201 and manual.json()["number"] == "INV-000001"
 
+    # The night's summary counts every Chicago practice this stack holds (other tests' too): this practice's
+    # outcome is read from its own invoices below.
     night = _fire(api, "2026-11-27T06:05:00Z")  # 00:05 on the 27th in Chicago
-    assert night["summary"]["invoices_created"] == 2 and night["failed"] == 0
+    assert night["summary"]["invoices_created"] >= 2 and night["failed"] == 0
 
     ann_invoices = session.get(f"/clients/{ann}/invoices").json()["invoices"]
     cy_invoices = session.get(f"/clients/{cy}/invoices").json()["invoices"]
@@ -51,7 +53,9 @@ def test_a_chicago_night_invoices_exactly_the_billable_uninvoiced_appointments(a
     assert numbers == ["INV-000001", "INV-000002", "INV-000003"]
 
     again = _fire(api, "2026-11-27T06:05:00Z")
-    assert again["summary"].get("invoices_created", 0) == 0
+    assert again["failed"] == 0
+    after = [session.get(f"/clients/{c}/invoices").json()["invoices"] for c in (ann, bob, cy)]
+    assert sorted(i["number"] for invoices in after for i in invoices) == numbers  # nothing invoiced twice
     overview = session.get(f"/clients/{ann}/billing-overview").json()
     assert overview["balance_cents"] == 30000 and overview["uninvoiced_cents"] == 0
     assert overview["unpaid_invoices_cents"] == 30000 and len(overview["unpaid_invoices"]) == 1
