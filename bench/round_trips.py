@@ -11,11 +11,15 @@ PAYMENT_SIZES = (1, 10, 100)
 NIGHT = (10, 30)  # clients, appointments of the practice the daily worker invoices
 
 
+def _reads(count: int) -> str:
+    return f"{count} read{'' if count == 1 else 's'}"
+
+
 def _row(counted: Counted) -> Row:
     calls, bound = counted.calls, counted.bound
-    ours = f"{calls.reads} reads + {calls.transactions} tx" + (f" + {calls.writes} writes" if calls.writes else "")
+    ours = f"{_reads(calls.reads)} + {calls.transactions} tx" + (f" + {calls.writes} writes" if calls.writes else "")
     total = calls.reads + calls.transactions + calls.writes
-    return Row(counted.name, ours, f"{bound.reads} reads + {bound.transactions} tx", total / bound.calls)
+    return Row(counted.name, ours, f"{_reads(bound.reads)} + {bound.transactions} tx", total / bound.calls)
 
 
 def run(functions: InProcessFunctions, quick: bool = False) -> Section:
