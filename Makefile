@@ -37,7 +37,7 @@ run: $(STAMP) check-system
 	PORT=$(PORT) $(BIN)/python -m local.stack
 
 token: $(STAMP)
-	@$(BIN)/python -m local.token --practice $(PRACTICE) $(if $(ROLE),--role $(ROLE)) $(if $(CLIENT),--client $(CLIENT))
+	@$(BIN)/python -m local.tokens --practice $(PRACTICE) $(if $(ROLE),--role $(ROLE)) $(if $(CLIENT),--client $(CLIENT))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

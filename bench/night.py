@@ -33,7 +33,7 @@ from billing.nightly import NightlyJob, nightly_run_time
 from local.aws import LocalAws, configure_environment, provision, restore_environment
 from local.stack import LocalStack, start_stack
 from local.template import Resolver
-from local.token import make_token
+from local.tokens import make_token
 
 ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
 # moto answers a request in about 10 ms of one core and a practice's night is about 22 requests, so these sizes

@@ -6,16 +6,11 @@ Silent when everything is there; otherwise says what to install and exits 1.
 
 from __future__ import annotations
 
+import ctypes.util
 import os
+import shutil
+import subprocess
 import sys
-
-# Run as a script, this folder is sys.path[0]; drop it so local/token.py cannot shadow stdlib token.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") != _HERE]
-
-import ctypes.util  # noqa: E402 - must come after the sys.path fix above
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
 
 PANGO_LIBRARIES = ("pango-1.0", "pangoft2-1.0")
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", os.path.expanduser("~/.fonts"))

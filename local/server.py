@@ -48,7 +48,7 @@ from local.functions import (
     InvocationError,
 )
 from local.template import LOCAL_ACCOUNT_ID, HttpRoute, Resolver, Template
-from local.token import local_jwt_secret
+from local.tokens import local_jwt_secret
 
 OPENAPI_TITLE = "Time-of-session billing API"
 JSON_TYPE = "application/json"

@@ -22,7 +22,7 @@ import requests
 
 from local.stack import EMULATOR_SECRET_KEY, LocalStack, start_stack
 from local.template import DEFAULT_TEMPLATE
-from local.token import make_token
+from local.tokens import make_token
 from tests.e2e.contract import undocumented
 from tests.e2e.iam_audit import IamAuditLog
 

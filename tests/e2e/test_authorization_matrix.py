@@ -27,7 +27,7 @@ import requests
 
 from local.stack import LocalStack
 from local.template import HttpRoute, load_template
-from local.token import make_token
+from local.tokens import make_token
 from tests.e2e.conftest import Api, ApiSession, book
 from tests.e2e.iam_audit import IamAuditLog
 from tests.support.tokens import claims_of, unsigned, with_claims_changed, without_claim

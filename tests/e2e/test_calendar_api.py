@@ -65,7 +65,7 @@ def test_missing_or_malformed_tokens_are_401(api: Api, authorization: str | None
 
 
 def test_forged_and_expired_tokens_are_401(api: Api) -> None:
-    from local.token import make_token
+    from local.tokens import make_token
 
     forged = make_token("prac_x", secret="not-the-secret")
     expired = make_token("prac_x", ttl=-60)

@@ -30,7 +30,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
 
 from local.stack import LocalStack
-from local.token import make_token
+from local.tokens import make_token
 from tests.e2e.conftest import Api, ApiSession, book
 
 POSITIVE, NEGATIVE = GenerationMode.POSITIVE, GenerationMode.NEGATIVE

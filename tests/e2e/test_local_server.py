@@ -34,7 +34,7 @@ from local.scheduler import LocalScheduler, drain_queues
 from local.server import JSON_TYPE, LocalServer
 from local.stack import LocalStack
 from local.template import Resolver, load_template
-from local.token import DEFAULT_SECRET, make_token
+from local.tokens import DEFAULT_SECRET, make_token
 from tests.e2e.conftest import ApiSession
 from tests.e2e.iam_audit import IamAuditLog
 

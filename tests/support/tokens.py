@@ -1,6 +1,6 @@
 """Hostile variants of a local JWT, for tests that prove the authorizer refuses them.
 
-Each starts from a token `local.token.make_token` made, so the claims are exactly what a real caller's would be
+Each starts from a token `local.tokens.make_token` made, so the claims are exactly what a real caller's would be
 and only the one property under test differs: the signature no longer matches, the algorithm is ``none``,
 or a claim is missing.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import jwt
 
-from local.token import local_jwt_secret
+from local.tokens import local_jwt_secret
 
 
 def claims_of(token: str) -> dict[str, Any]:

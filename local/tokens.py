@@ -1,6 +1,6 @@
 """Local JWTs: HS256 tokens shaped like the Cognito ID tokens API Gateway would verify.
 
-``python -m local.token --practice P [--role clinician|client] [--client C] [--ttl 3600]`` prints one;
+``python -m local.tokens --practice P [--role clinician|client] [--client C] [--ttl 3600]`` prints one;
 `make_token` is the same for tests. The local server verifies them with `local_jwt_secret`.
 """
 
@@ -55,7 +55,7 @@ def make_token(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print a token for the practice and role given on the command line."""
-    parser = argparse.ArgumentParser(prog="python -m local.token", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m local.tokens", description=__doc__)
     parser.add_argument("--practice", required=True, help="custom:practice_id")
     parser.add_argument("--role", choices=ROLES, default="clinician", help="custom:role")
     parser.add_argument("--client", help="custom:client_id (for --role client)")
