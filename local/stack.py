@@ -247,7 +247,8 @@ def main() -> int:
         _log(f"cannot start on port {port}: {error}; try PORT=<other port> make run")
         return 1
     print(f"billing local stack ready at {stack.url}", flush=True)
-    _log(f"Swagger UI: {stack.url}/swagger   AWS (moto): {stack.aws_endpoint}")
+    stripe = f"   Stripe emulator: {stack.stripe.url}" if stack.stripe is not None else ""
+    _log(f"Swagger UI: {stack.url}/swagger   AWS (moto): {stack.aws_endpoint}{stripe}")
     _log("a token: make token PRACTICE=prac_demo   stop: Ctrl-C")
     try:
         # A timed wait so the main thread wakes up to run the signal handler promptly.
