@@ -630,7 +630,7 @@ class _Hook:
     path_prefix: str
     method: str | None
     remaining: int
-    status: int = 500
+    status: int | None = 500  # None: drop the connection instead of answering
 
 
 @dataclasses.dataclass(frozen=True)
@@ -798,13 +798,18 @@ class StripeEmulator:
             return copy.deepcopy(self._deliveries)
 
     def fail_after_success(
-        self, path_prefix: str = "/v1/payment_intents", times: int = 1, method: str | None = "POST"
+        self,
+        path_prefix: str = "/v1/payment_intents",
+        times: int = 1,
+        method: str | None = "POST",
+        status: int | None = None,
     ) -> None:
         """Make the next ``times`` matching requests run at "Stripe" (objects are created, charges
-        made, events sent and the idempotent result saved) and then drop the connection without
-        an answer, so the SDK raises ``APIConnectionError``. Applies whatever the outcome."""
+        made, events sent and the idempotent result saved) and then lose the answer: the connection
+        is dropped (the SDK raises ``APIConnectionError``), or with ``status`` (500, 429...) an error
+        of that status is answered instead of the result. Applies whatever the outcome."""
         with self._lock:
-            self._drop_hooks.append(_Hook(path_prefix, _upper(method), times))
+            self._drop_hooks.append(_Hook(path_prefix, _upper(method), times, status))
 
     def fail_next_request(
         self,
@@ -1113,7 +1118,10 @@ class StripeEmulator:
         result = self._run_idempotent(api_key, idem_key, method, path, params, ctx, route, ids)
 
         with self._lock:
-            result.drop = self._take_hook(self._drop_hooks, method, path) is not None
+            lost = self._take_hook(self._drop_hooks, method, path)
+            result.drop = lost is not None and lost.status is None
+            if lost is not None and lost.status is not None:
+                result = self._injected_error(lost.status, ctx, idem_key)
             self._request_log.append(
                 {
                     "method": method,
@@ -1173,15 +1181,8 @@ class StripeEmulator:
         if injected is not None and injected.status == 409:
             in_use = _key_in_use(idem_key or "")
             result = self._json_result(409, in_use.to_body(ctx.request_id), ctx.request_id, ctx.api_version)
-        elif injected is not None:
-            error = StripeEmulatorError(
-                injected.status,
-                "api_error",
-                "An unknown error occurred. Please try again (injected by the Stripe emulator).",
-            )
-            result = self._json_result(
-                injected.status, error.to_body(ctx.request_id), ctx.request_id, ctx.api_version, idem_key
-            )
+        elif injected is not None and injected.status is not None:
+            result = self._injected_error(injected.status, ctx, idem_key)
         else:
             result = self._execute(ctx, params, route, ids, idem_key)
 
@@ -1276,6 +1277,13 @@ class StripeEmulator:
             ]
         if delays:
             time.sleep(max(delays))
+
+    def _injected_error(self, status: int, ctx: _Ctx, idem_key: str | None) -> _HttpResult:
+        """The answer of an injected failure: Stripe's ``api_error`` body with ``status``."""
+        error = StripeEmulatorError(
+            status, "api_error", "An unknown error occurred. Please try again (injected by the Stripe emulator)."
+        )
+        return self._json_result(status, error.to_body(ctx.request_id), ctx.request_id, ctx.api_version, idem_key)
 
     @staticmethod
     def _take_hook(hooks: list[_Hook], method: str, path: str) -> _Hook | None:

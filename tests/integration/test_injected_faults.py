@@ -538,6 +538,9 @@ def emulator() -> Iterator[StripeEmulator]:
 STRIPE_ATTEMPTS = 1 + MAX_NETWORK_RETRIES
 EMULATOR_FAULTS: dict[str, Callable[[StripeEmulator], None]] = {
     "timeout_after_success": lambda e: e.fail_after_success("/v1/payment_intents", times=STRIPE_ATTEMPTS),
+    "500_after_success": lambda e: e.fail_after_success("/v1/payment_intents", times=STRIPE_ATTEMPTS, status=500),
+    # the SDK does not retry a 429 itself: the record fails at once and its redelivery replays the charge
+    "429_after_success": lambda e: e.fail_after_success("/v1/payment_intents", times=1, status=429),
     "server_error": lambda e: e.fail_next_request("/v1/payment_intents", times=STRIPE_ATTEMPTS, status=500),
 }
 NIGHT = date(2026, 11, 28)
