@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from datetime import date
 
 from archive import PDF, DocumentArchive, document_key
-from rendering import render_pdf
 
 from billing import documents
 from billing.clients import Client, require_client
@@ -44,6 +43,10 @@ class Publisher:
         version = docs[0].version_token if len(docs) == 1 else documents.series_version(docs)
         key = document_key(self.practice.practice_id, kind, object_id, version)
         if not self.archive.exists(key):
+            # WeasyPrint loads with the first document this container renders (about 0.6 s), not in every cold start:
+            # a link to a version rendered before needs none of it.
+            from rendering import render_pdf
+
             self.archive.put(key, render_pdf(docs, self.practice.paper_size.value), PDF)
             metrics.add_metric(name="DocumentsRendered", unit="Count", value=1)
             logger.info("document rendered", extra={"kind": kind, "object_id": object_id, "pages_of": len(docs)})
