@@ -17,6 +17,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing import reconciliation
 from billing_lambda import wiring
+from billing_lambda.aws_clients import client
 from billing_lambda.config import WebhookSettings, load_settings
 from billing_lambda.http import build_resolver, error_response
 from billing_lambda.observability import logger, metrics, tracer
@@ -24,8 +25,11 @@ from billing_lambda.openapi import JSON, STRIPE_SIGNATURE, requires, responses
 
 app = build_resolver()
 # One record per Stripe event id. Powertools deletes the record when handling raises, so Stripe's retry of
-# a failed delivery is handled again; a concurrent duplicate gets 409 and Stripe retries it later.
-_events = DynamoDBPersistenceLayer(table_name=load_settings(WebhookSettings).idempotency_table_name)
+# a failed delivery is handled again; a concurrent duplicate gets 409 and Stripe retries it later. It shares
+# the function's DynamoDB client: a client of its own would load botocore's DynamoDB model a second time.
+_events = DynamoDBPersistenceLayer(
+    table_name=load_settings(WebhookSettings).idempotency_table_name, boto3_client=client("dynamodb")
+)
 _once_per_event = IdempotencyConfig(event_key_jmespath="id", expires_after_seconds=30 * 24 * 3600)
 
 
