@@ -3,7 +3,6 @@ enrolled client of the zone's practices (found through the sparse AutoPay index,
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing.nightly import NightlyRun, business_date
@@ -17,7 +16,7 @@ from billing_lambda.observability import logger, metrics, tracer
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    run = parse(event=event, model=NightlyRun)
+    run = NightlyRun.model_validate(event)
     day = business_date(run.scheduled_time, run.timezone)
     attempt_at = (run.invoked_at or wiring.clock.now()).isoformat()
     store = wiring.store()

@@ -2,7 +2,6 @@
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing.nightly import NightlyRun, business_date
@@ -16,7 +15,7 @@ from billing_lambda.observability import logger, metrics, tracer
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    run = parse(event=event, model=NightlyRun)
+    run = NightlyRun.model_validate(event)
     day = business_date(run.scheduled_time, run.timezone)
     practices = wiring.store().practices_in_zone(run.timezone)
     nights = [{"practice_id": p.practice_id, "business_date": day.isoformat()} for p in practices]

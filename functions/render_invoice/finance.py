@@ -15,7 +15,6 @@ from typing import Any
 from archive import CSV, DocumentArchive
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
 
@@ -105,7 +104,7 @@ class FinanceExportSettings(FunctionSettings):
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """The nightly entry of one zone: one SQS message per practice, for the local day before the business date."""
-    run = parse(event=event, model=NightlyRun)
+    run = NightlyRun.model_validate(event)
     day = business_date(run.scheduled_time, run.timezone) - timedelta(days=1)
     practices = document_store().practices_in_zone(run.timezone)
     nights = [PracticeNight(practice_id=p.practice_id, business_date=day).model_dump(mode="json") for p in practices]
