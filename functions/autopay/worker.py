@@ -7,9 +7,10 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime
 
 from billing import autopay
+from billing.schema import Model
 from billing_lambda import wiring
 from billing_lambda.observability import logger, metrics, tracer
 
@@ -17,7 +18,7 @@ processor = BatchProcessor(event_type=EventType.SQS)
 _summary: dict[str, int] = {}
 
 
-class ClientNight(BaseModel):
+class ClientNight(Model):
     practice_id: str
     client_id: str
     business_date: date

@@ -6,8 +6,6 @@ Balance = Σ live invoice totals - Σ succeeded payments + Σ refunds (negative 
 from datetime import date, datetime
 from typing import Protocol
 
-from pydantic import BaseModel
-
 from billing import autopay
 from billing.autopay import AutoPayStore, AutoPayView
 from billing.books import open_invoices, require_ledger
@@ -15,9 +13,10 @@ from billing.calendar import Appointment
 from billing.cards import Card
 from billing.localtime import local_date
 from billing.practices import Practice
+from billing.schema import Model
 
 
-class UninvoicedAppointment(BaseModel):
+class UninvoicedAppointment(Model):
     appointment_id: str
     date: date
     service_code: str
@@ -25,7 +24,7 @@ class UninvoicedAppointment(BaseModel):
     fee_cents: int
 
 
-class UnpaidInvoice(BaseModel):
+class UnpaidInvoice(Model):
     invoice_id: str
     number: str
     issue_date: date
@@ -35,7 +34,7 @@ class UnpaidInvoice(BaseModel):
     balance_cents: int
 
 
-class BillingOverview(BaseModel):
+class BillingOverview(Model):
     """``GET /clients/{id}/billing-overview``: what staff review before enrolling a client in AutoPay."""
 
     client_id: str

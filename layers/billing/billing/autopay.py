@@ -12,8 +12,6 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
-from pydantic import BaseModel
-
 from billing.books import Books
 from billing.cards import Card
 from billing.clients import require_client
@@ -27,7 +25,7 @@ from billing.payment_service import choose_card, take_payment
 from billing.payments import Payment, PaymentMethod, PaymentRequest, PaymentStatus, key_digest
 from billing.practices import Practice
 from billing.retry import optimistic
-from billing.schema import ObjectId, Record, RequestModel
+from billing.schema import Model, ObjectId, Record, RequestModel
 
 # The authorisation the client agrees to; its version is kept with every consent. Change the text, bump it.
 AUTHORIZATION_VERSION = "autopay-2026-11"
@@ -356,7 +354,7 @@ def _count(books: AutoPayStore, practice_id: str, client_id: str, attempt: Attem
     optimistic(step)
 
 
-class PreviewCharge(BaseModel):
+class PreviewCharge(Model):
     client_id: str
     amount_cents: int
     card_id: str

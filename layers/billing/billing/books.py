@@ -8,8 +8,6 @@ client itself, moved by the same transactions that move money, so they can be re
 from dataclasses import dataclass
 from typing import Protocol
 
-from pydantic import BaseModel
-
 from billing.calendar import Appointment
 from billing.cards import Card
 from billing.clients import Client
@@ -17,10 +15,11 @@ from billing.errors import existing
 from billing.invoices import Invoice
 from billing.payments import IdempotencyRecord, Payment, ProcessorRefundLink, Refund
 from billing.practices import Practice
+from billing.schema import Model
 from billing.unit_of_work import UnitOfWork
 
 
-class Account(BaseModel):
+class Account(Model):
     """Running totals kept on the client, changed only inside the transactions that move money.
 
     Balance = Σ live invoice totals - Σ succeeded payments + Σ refunds (negative means credit)."""

@@ -9,9 +9,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel
-
 from billing.localtime import TimezoneName, UtcInstant, local_date
+from billing.schema import Model
 
 
 class NightlyJob(StrEnum):
@@ -81,7 +80,7 @@ def business_date(scheduled_time: datetime, timezone: str) -> date:
     return local_date(scheduled_time, timezone)
 
 
-class NightlyRun(BaseModel):
+class NightlyRun(Model):
     """What a per-zone schedule sends its entry function."""
 
     schedule: NightlyJob
@@ -92,7 +91,7 @@ class NightlyRun(BaseModel):
     invoked_at: UtcInstant | None = None
 
 
-class PracticeNight(BaseModel):
+class PracticeNight(Model):
     """One practice's share of a nightly run (an SQS message body)."""
 
     practice_id: str

@@ -7,7 +7,7 @@ Everything here acts for the client the verified token names, and only for them:
 from datetime import date, datetime, timedelta
 from typing import Protocol
 
-from pydantic import BaseModel, model_validator
+from pydantic import model_validator
 
 from billing import autopay
 from billing.autopay import PreviewStore
@@ -23,7 +23,7 @@ from billing.nightly import LATEST_LOCAL_TIME
 from billing.payment_service import take_payment
 from billing.payments import Payment, PaymentMethod, PaymentRequest, PaymentStatus
 from billing.practices import Practice
-from billing.schema import IdList, ObjectId, RequestModel
+from billing.schema import IdList, Model, ObjectId, RequestModel
 
 
 class PortalPaymentRequest(RequestModel):
@@ -43,7 +43,7 @@ class PortalPaymentRequest(RequestModel):
         return self
 
 
-class PortalAutoPay(BaseModel):
+class PortalAutoPay(Model):
     enabled: bool
     next_charge_cents: int | None = None
     next_charge_date: date | None = None
@@ -51,7 +51,7 @@ class PortalAutoPay(BaseModel):
     requires_client_action: bool = False
 
 
-class PortalAccount(BaseModel):
+class PortalAccount(Model):
     """``GET /portal/invoices``: the client's invoices (newest first), balance, credit, and AutoPay's notice."""
 
     invoices: list[Invoice]

@@ -5,22 +5,48 @@ answered 422 naming the field, so nothing a caller did not see is ever stored, p
 """
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from billing.localtime import as_utc
 
 
-class RequestModel(BaseModel):
+class Model(BaseModel):
+    """Every model of the project. Its validator and serializer are built when it is first used, not when its
+    module is imported: a function's cold start then builds only the models its requests use, not every model
+    its imports define (the shared store alone imports most of the domain)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    @classmethod
+    def __pydantic_on_complete__(cls) -> None:
+        """Build the models this one holds along with it. Its validator makes their instances without building
+        their classes, and pydantic-core cannot serialize an instance of an unbuilt class where it infers the type
+        (``to_jsonable_python``, ``Any`` fields): it would raise instead of building it."""
+        for field in cls.__pydantic_fields__.values():
+            for held in _models_in(field.annotation):
+                if not held.__pydantic_complete__:
+                    held.model_rebuild()
+
+
+def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The models an annotation holds, however deep (``X | None``, ``list[X]``, ``dict[str, X]``...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for argument in get_args(annotation):
+        yield from _models_in(argument)
+
+
+class RequestModel(Model):
     """What a caller sends: unknown fields are rejected (a 422), surrounding whitespace trimmed."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-class Record(BaseModel):
+class Record(Model):
     """What the system stores and returns."""
 
     model_config = ConfigDict(extra="ignore")

@@ -4,10 +4,12 @@ import os
 from functools import cache
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from billing.schema import Model
 
 
-class FunctionSettings(BaseModel):
+class FunctionSettings(Model):
     """Every function needs the table; subclasses add what else they need."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)

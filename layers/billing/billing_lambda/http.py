@@ -21,7 +21,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
 )
 from aws_lambda_powertools.event_handler.openapi.params import Path
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from billing.errors import (
     BillingError,
@@ -33,6 +33,7 @@ from billing.errors import (
     ProcessorUnavailable,
 )
 from billing.payments import IdempotencyKey
+from billing.schema import Model
 from billing_lambda import aws_clients
 from billing_lambda.observability import logger
 from billing_lambda.openapi import DocumentedResolver
@@ -133,7 +134,7 @@ def build_resolver() -> APIGatewayHttpResolver:
     return app
 
 
-class Tenant(BaseModel):
+class Tenant(Model):
     """Who is calling, from the verified JWT claims (API Gateway's authorizer) and nothing else."""
 
     practice_id: str

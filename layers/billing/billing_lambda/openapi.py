@@ -7,15 +7,18 @@ Integers name error statuses (their description, body schema and examples live i
 route's successes. Headers a handler checks itself are listed with ``openapi_extensions=requires(...)``.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
-from aws_lambda_powertools.event_handler.openapi.models import Example, HTTPBearer, OpenAPI
 from aws_lambda_powertools.event_handler.openapi.params import Body
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from pydantic import BaseModel, Field, TypeAdapter
 
 from billing.payments import IdempotencyKey, Payment
+from billing.schema import Model
+
+if TYPE_CHECKING:  # loaded only when a document is asked for: importing them costs every HTTP cold start ~100 ms
+    from aws_lambda_powertools.event_handler.openapi.models import Example, OpenAPI
 
 JSON = "application/json"
 BEARER = "bearerAuth"
@@ -31,7 +34,7 @@ are practice-local `YYYY-MM-DD`, instants ISO-8601 with an offset. Every error i
 `{"error": {"code", "message", "details"}}`; `code` is stable and machine-readable."""
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(Model):
     """What went wrong: a stable ``code`` for programs, a ``message`` for people, and the specifics."""
 
     code: str = Field(description="Stable and machine-readable, e.g. `client_not_found`.")
@@ -39,13 +42,13 @@ class ErrorDetail(BaseModel):
     details: list[dict[str, Any]] = Field(description="The specifics: fields, ids or amounts involved.")
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(Model):
     """The body of every error the API answers."""
 
     error: ErrorDetail
 
 
-class FieldProblem(BaseModel):
+class FieldProblem(Model):
     """One invalid input: where it is, pydantic's kind of error and its message (never the value sent)."""
 
     in_: str = Field(alias="in", description="`body`, `path`, `query` or `header`.")
@@ -58,7 +61,7 @@ class ValidationErrorDetail(ErrorDetail):
     details: list[FieldProblem]  # type: ignore[assignment]  # narrower than any error's details
 
 
-class ValidationErrorResponse(BaseModel):
+class ValidationErrorResponse(Model):
     """A request the API could not read or validate (``code`` is ``validation_error``)."""
 
     error: ValidationErrorDetail
@@ -68,7 +71,7 @@ class DeclineDetail(ErrorDetail):
     decline_code: str = Field(description="The processor's decline code, e.g. `insufficient_funds`.")
 
 
-class DeclinedResponse(BaseModel):
+class DeclinedResponse(Model):
     """A declined card: the decline code twice (in the error and at the top) and the failed payment, recorded."""
 
     error: DeclineDetail
@@ -76,7 +79,7 @@ class DeclinedResponse(BaseModel):
     payment: Payment | None = Field(default=None, description="The failed payment, when one was recorded.")
 
 
-class Unauthorized(BaseModel):
+class Unauthorized(Model):
     """API Gateway's own answer to a missing or rejected JWT (the local server adds the usual ``error``)."""
 
     message: str = Field(examples=["Unauthorized"])
@@ -258,10 +261,10 @@ _PERIOD = {"from": "2026-11-01", "to": "2026-11-30"}
 
 
 def body(**examples: tuple[str, Any]) -> Body:
-    """A request body (Powertools ``Body``) documented with ``name=(summary, value)`` examples."""
-    return Body(
-        openapi_examples={name: Example(summary=summary, value=value) for name, (summary, value) in examples.items()}
-    )
+    """A request body (Powertools ``Body``) documented with ``name=(summary, value)`` examples (plain dicts, which
+    the document validates as Powertools' ``Example``)."""
+    named = {name: {"summary": summary, "value": value} for name, (summary, value) in examples.items()}
+    return Body(openapi_examples=cast("dict[str, Example]", named))
 
 
 PRACTICE_BODY = body(
@@ -337,16 +340,13 @@ class DocumentedResolver(APIGatewayHttpResolver):
 
     def __init__(self) -> None:
         super().__init__(enable_validation=True)
-        bearer = HTTPBearer(bearerFormat="JWT", description="A Cognito ID token; locally `make token` (HS256).")
-        self.configure_openapi(
-            title=TITLE,
-            version=VERSION,
-            description=DESCRIPTION,
-            security_schemes={BEARER: bearer},
-            security=[{BEARER: []}],
-        )
+        self.configure_openapi(title=TITLE, version=VERSION, description=DESCRIPTION, security=[{BEARER: []}])
 
-    def get_openapi_schema(self, **settings: Any) -> OpenAPI:
+    def get_openapi_schema(self, **settings: Any) -> "OpenAPI":
+        from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer, OpenAPI
+
+        bearer = HTTPBearer(bearerFormat="JWT", description="A Cognito ID token; locally `make token` (HS256).")
+        settings["security_schemes"] = settings.get("security_schemes") or {BEARER: bearer}
         generated = super().get_openapi_schema(**settings)
         document = finish(generated.model_dump(mode="json", by_alias=True, exclude_none=True))
         return OpenAPI.model_validate(document)

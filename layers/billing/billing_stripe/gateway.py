@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 import stripe
 from aws_lambda_powertools.utilities import parameters
 from botocore.config import Config
-from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr
+from pydantic import AfterValidator, ConfigDict, SecretStr
 from stripe.params import PaymentIntentListParams, RefundListParams
 
 from billing.errors import Conflict, InvalidRequest, NotFound, PaymentDeclined, ProcessorUnavailable
@@ -45,6 +45,7 @@ from billing.gateway import (
     REFUND_SUCCEEDED,
     RefundResult,
 )
+from billing.schema import Model
 
 WEBHOOK_TOLERANCE_SECONDS = 300
 
@@ -119,7 +120,7 @@ class GatewayUnavailable(ProcessorUnavailable):
     """
 
 
-class StripeSettings(BaseModel):
+class StripeSettings(Model):
     """Credentials and endpoint of the Stripe account (secrets are ``SecretStr`` so they never print).
 
     Frozen and hashable, and equal exactly when the keys are: ``current_gateway`` rebuilds the client
@@ -183,7 +184,7 @@ def _gateway_for(settings: StripeSettings) -> "StripeGateway":
     return StripeGateway(settings)
 
 
-class Card(BaseModel):
+class Card(Model):
     """A card kept on file for a client (what staff and the client may see of it)."""
 
     payment_method_id: str
@@ -193,7 +194,7 @@ class Card(BaseModel):
     exp_year: int
 
 
-class ChargeOutcome(BaseModel):
+class ChargeOutcome(Model):
     """What happened to a charge (a PaymentIntent), in the terms the payments domain needs.
 
     ``status``: ``succeeded``; ``failed`` (declined or canceled: no money moved; ``decline_code`` says
@@ -215,7 +216,7 @@ class ChargeOutcome(BaseModel):
     metadata: dict[str, str] = {}
 
 
-class Refund(BaseModel):
+class Refund(Model):
     """A refund, in the domain's terms: ``status`` is ``pending`` (asked for, not final: Stripe's
     ``pending`` and ``requires_action``), ``succeeded`` or ``failed`` (Stripe's ``failed`` and
     ``canceled``; ``failure_reason`` says why when Stripe said). ``stripe_status`` is Stripe's own."""

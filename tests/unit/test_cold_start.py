@@ -1,0 +1,105 @@
+"""What a cold start costs: importing a handler builds none of our pydantic models and loads neither the Stripe
+SDK nor WeasyPrint; each of those is paid for on first use only (a charge, a document rendered).
+
+Handlers are imported in a fresh interpreter, as Lambda does (their folder first on ``sys.path``, then the
+layer), one function after another with each function's own modules dropped in between.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from pydantic_core import to_jsonable_python
+
+from billing.schema import Model
+from local.template import Resolver, load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+LAYER = ROOT / "layers" / "billing"
+DEPLOYED = [LAYER, ROOT / "functions"]
+# Models a handler itself uses when imported: the refund route's default body (everything still refundable), and
+# the webhook's settings (its idempotency table, which Powertools' persistence layer is made with).
+MADE_AT_IMPORT = {"AddPaymentFunction": ["RefundRequest"], "StripeWebhookFunction": ["WebhookSettings"]}
+
+_IMPORT_EVERY_HANDLER = """
+import importlib, json, sys
+from billing.schema import Model
+
+def built(model=Model):
+    below = model.__subclasses__()
+    return {m.__name__ for m in below if m.__pydantic_complete__}.union(*(built(m) for m in below))
+
+seen = {}
+for function_id, code_dir, module in json.loads(sys.argv[1]):
+    before = built()
+    sys.path.insert(0, code_dir)
+    importlib.import_module(module)
+    loaded = [name for name in ("stripe", "weasyprint") if name in sys.modules]
+    seen[function_id] = {"built": sorted(built() - before), "loaded": loaded}
+    sys.path.remove(code_dir)
+    own = [name for name, mod in sys.modules.items() if (getattr(mod, "__file__", "") or "").startswith(code_dir)]
+    for name in own:
+        del sys.modules[name]
+print(json.dumps(seen))
+"""
+
+
+def _handler_imports() -> dict[str, dict[str, list[str]]]:
+    template = load_template()
+    resolver = Resolver(template)
+    handlers, environment = [], {}
+    for function_id, spec in template.functions.items():
+        handlers.append((function_id, str(spec.code_dir), spec.handler_module))
+        environment.update(resolver.function_environment(function_id))
+    environment = {**os.environ, **environment, "PYTHONPATH": str(LAYER)}
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EVERY_HANDLER, json.dumps(handlers)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_importing_a_handler_builds_no_model_and_loads_no_sdk_it_may_never_use() -> None:
+    seen = _handler_imports()
+
+    assert seen, "no function in the template"
+    for function_id, cold_start in seen.items():
+        assert cold_start["built"] == MADE_AT_IMPORT.get(function_id, []), function_id
+        assert cold_start["loaded"] == [], function_id
+
+
+def test_every_model_of_the_deployed_code_is_built_on_first_use() -> None:
+    direct = re.compile(r"^class \w+\((pydantic\.)?BaseModel\b", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(ROOT))
+        for folder in DEPLOYED
+        for path in folder.rglob("*.py")
+        if direct.search(path.read_text()) and path != LAYER / "billing" / "schema.py"
+    ]
+    assert offenders == []  # they derive from billing.schema.Model (defer_build) instead
+
+
+class _Line(Model):
+    amount_cents: int
+
+
+class _Statement(Model):
+    lines: list[_Line]
+    total: _Line | None = None
+
+
+def test_a_model_made_by_another_models_validator_serializes_like_any_other() -> None:
+    statement = _Statement.model_validate({"lines": [{"amount_cents": 100}], "total": {"amount_cents": 100}})
+
+    # pydantic-core infers the type here and would raise on an unbuilt class: building _Statement built _Line.
+    assert to_jsonable_python(statement.total) == {"amount_cents": 100}
+    assert to_jsonable_python(statement.lines) == [{"amount_cents": 100}]
