@@ -5,10 +5,12 @@ Each import runs in a fresh ``python`` set up as Lambda sets one up: the functio
 folder, the function's resolved ``Environment`` and, unless ``outside_lambda``, ``LAMBDA_TASK_ROOT`` (Powertools'
 Tracer and the X-Ray SDK only trace, and only patch libraries, when it is set). The baseline imports only what
 any handler needs anyway (boto3, pydantic, Powertools' HTTP resolver, Logger and Metrics), so the ratio
-handler / baseline says what our own modules add. Rounds are interleaved (baseline, then every function, in a
-new order each round) so that a busy machine slows all of them alike; the report takes the median of each.
-Both the wall time and the CPU time of the imports are reported: on a machine shared with other work the CPU
-time is the steadier of the two (an import waits on nothing but the CPU once the files are in the page cache).
+handler / baseline says what our own modules add. Every run times the baseline's imports first and then the
+handler's import in the same interpreter, and its ratio is (baseline + handler) / baseline: the two parts share
+the machine's load of that moment, so a busy machine shifts both alike. The report takes the median over runs
+of the time and of the ratio; rounds are interleaved (every function, in a new order each round). Both wall and
+CPU time are reported: on a machine shared with other work the CPU time is the steadier of the two (an import
+waits on nothing but the CPU once the files are in the page cache).
 Every module is imported from valid bytecode (the warm-up round writes what is missing), so the numbers say what
 the imports execute, not what compiling them costs.
 
@@ -39,9 +41,12 @@ BASELINE_IMPORTS = (
     "from aws_lambda_powertools.event_handler import APIGatewayHttpResolver"
 )
 BASELINE = "baseline"
-# The child prints the wall and CPU seconds its imports took, so interpreter start-up is left out of every number.
+# The child prints the wall and CPU seconds of the baseline's imports, then of the target's import (what it adds
+# to them), so interpreter start-up is left out of every number.
 _TIMED = (
-    "import time\n_wall, _cpu = time.perf_counter(), time.process_time()\n{imports}\n"
+    "import time\n_wall, _cpu = time.perf_counter(), time.process_time()\n{baseline}\n"
+    "print(time.perf_counter() - _wall, time.process_time() - _cpu)\n"
+    "_wall, _cpu = time.perf_counter(), time.process_time()\n{imports}\n"
     "print(time.perf_counter() - _wall, time.process_time() - _cpu)"
 )
 
@@ -57,8 +62,18 @@ class ImportTarget:
 
 
 @dataclass(frozen=True)
+class ImportRun:
+    """One cold start: the baseline's imports, and the whole import (baseline included), in wall and CPU seconds."""
+
+    baseline_seconds: float
+    baseline_cpu_seconds: float
+    seconds: float
+    cpu_seconds: float
+
+
+@dataclass(frozen=True)
 class ColdStart:
-    """Median import time of one target (wall and CPU), and their ratios to the baseline's medians."""
+    """Median import time of one target (wall and CPU), and the median of its runs' ratios to their baseline."""
 
     name: str
     handler: str
@@ -93,10 +108,10 @@ def _lambda_environment(code_dir: Path, outside_lambda: bool) -> dict[str, str]:
     return environment
 
 
-def import_seconds(target: ImportTarget, python: str = sys.executable) -> tuple[float, float]:
-    """One cold start of ``target`` in a new interpreter: wall and CPU seconds (raises if the import fails)."""
+def import_run(target: ImportTarget, python: str = sys.executable) -> ImportRun:
+    """One cold start of ``target`` in a new interpreter (raises if the import fails)."""
     result = subprocess.run(
-        [python, "-c", _TIMED.format(imports=target.imports)],
+        [python, "-c", _TIMED.format(baseline=BASELINE_IMPORTS, imports=target.imports)],
         cwd=target.code_dir,
         env=target.environment,
         capture_output=True,
@@ -105,34 +120,33 @@ def import_seconds(target: ImportTarget, python: str = sys.executable) -> tuple[
     )
     if result.returncode != 0:
         raise RuntimeError(f"{target.name}: import failed\n{result.stderr}")
-    wall, cpu = result.stdout.strip().splitlines()[-1].split()
-    return float(wall), float(cpu)
+    (baseline_wall, baseline_cpu), (wall, cpu) = (map(float, line.split()) for line in result.stdout.splitlines()[-2:])
+    return ImportRun(baseline_wall, baseline_cpu, baseline_wall + wall, baseline_cpu + cpu)
 
 
 def measure(runs: int = 9, *, outside_lambda: bool = False) -> list[ColdStart]:
     """Median cold start of every function and the baseline over ``runs`` interleaved rounds (after a warm-up
     round that writes the bytecode caches), the baseline first."""
     targets = import_targets(outside_lambda=outside_lambda)
-    samples: dict[str, list[tuple[float, float]]] = {target.name: [] for target in targets}
+    samples: dict[str, list[ImportRun]] = {target.name: [] for target in targets}
     for round_number in range(runs + 1):
         order = random.sample(targets, len(targets))
         for target in order:
-            seconds = import_seconds(target)
+            run = import_run(target)
             if round_number:
-                samples[target.name].append(seconds)
-    wall = {name: statistics.median(wall for wall, _ in runs) for name, runs in samples.items()}
-    cpu = {name: statistics.median(cpu for _, cpu in runs) for name, runs in samples.items()}
-    return [
-        ColdStart(
-            target.name,
-            target.imports,
-            wall[target.name],
-            wall[target.name] / wall[BASELINE],
-            cpu[target.name],
-            cpu[target.name] / cpu[BASELINE],
-        )
-        for target in targets
-    ]
+                samples[target.name].append(run)
+    return [_cold_start(target, samples[target.name]) for target in targets]
+
+
+def _cold_start(target: ImportTarget, runs: list[ImportRun]) -> ColdStart:
+    return ColdStart(
+        target.name,
+        target.imports,
+        statistics.median(run.seconds for run in runs),
+        statistics.median(run.seconds / run.baseline_seconds for run in runs),
+        statistics.median(run.cpu_seconds for run in runs),
+        statistics.median(run.cpu_seconds / run.baseline_cpu_seconds for run in runs),
+    )
 
 
 def main(arguments: list[str] | None = None) -> None:
