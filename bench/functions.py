@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from billing_lambda import observability
 from billing_lambda.aws_clients import client
 from local.aws import LocalAws, configure_environment, restore_environment
 from local.functions import FunctionHost
@@ -161,12 +162,17 @@ def functions_against(aws: LocalAws, resolver: Resolver) -> Iterator[InProcessFu
     # Functions that never meet the emulator still see the Stripe variables: they only read what they use.
     variables = FunctionHost(resolver.template, resolver).environment() | stripe
     previous = configure_environment(aws.endpoint, aws.region) | _set_environment(variables)
+    # The shared Metrics object read its namespace when this process first imported it (a test run imports
+    # it long before), and refuses to flush without one.
+    namespace = observability.metrics.namespace
+    observability.metrics.namespace = variables["POWERTOOLS_METRICS_NAMESPACE"]
     try:
         functions = InProcessFunctions(resolver)
         if functions.dynamodb.meta.endpoint_url != aws.endpoint:
             raise RuntimeError("this process's handlers already talk to another AWS endpoint; use a new process")
         yield functions
     finally:
+        observability.metrics.namespace = namespace
         restore_environment(previous)
         emulator.stop()
 
