@@ -7,9 +7,8 @@ a night of P practices costs O(P²) on moto, whatever the code under test does.
   GSI3 work lists), only looks at the items of the table partition ``PRACTICE#<id>``: the key design
   (billing_aws/keys.py) puts every item of those index partitions there, so the answer is the same. Queries by
   zone (GSI1 ``ZONE#...``, once per zone and night) still read the whole table.
-- moto's ``transact_write_items`` backs up by deep-copying every table the transaction names (once per item),
-  to put them back if it is cancelled. Here only the items it names are kept and put back: the same all or
-  nothing, at the cost of the transaction's own items.
+- moto's ``transact_write_items`` backs up by deep-copying every table the transaction names (once per item).
+  `local.moto_dynamodb` (which every local moto server applies) keeps only the items it names.
 
 ``python -m bench.moto_server`` prints the endpoint on one line and serves until its stdin closes; the in-process
 benchmarks apply the same changes with `cost_per_request_like_dynamodb`.
@@ -17,17 +16,16 @@ benchmarks apply the same changes with `cost_per_request_like_dynamodb`.
 
 from __future__ import annotations
 
-import copy
 import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from moto.dynamodb.models import DynamoDBBackend
-from moto.dynamodb.models.dynamo_type import DynamoType, Item
+from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
 
+from local import moto_dynamodb
 from local.aws import SerialisedMotoServer
 
 PRACTICE_PREFIX = "PRACTICE#"
@@ -60,50 +58,10 @@ def partition_queries(query: Callable[..., Any]) -> Callable[..., Any]:
     return narrowed
 
 
-KeptItem = tuple[Table, DynamoType, DynamoType | None, Item | None]
-
-
-def _kept(backend: DynamoDBBackend, action: dict[str, Any]) -> KeptItem:
-    """The table, key and current copy (None: absent) of the item one transaction action names."""
-    table = backend.get_table(action["TableName"])
-    key = action.get("Key") or action["Item"]
-    hash_key = DynamoType(key[table.hash_key_attr])
-    range_key = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
-    return table, hash_key, range_key, copy.deepcopy(table.get_item(hash_key, range_key))
-
-
-def _put_back(kept: KeptItem) -> None:
-    table, hash_key, range_key, item = kept
-    if item is None:
-        table.delete_item(hash_key, range_key)
-    else:
-        table.put_item(item.to_json()["Attributes"])
-
-
-def item_backups(transact: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap ``DynamoDBBackend.transact_write_items`` so that a cancelled transaction puts back only its own items
-    (moto's whole-table backup is made a no-op meanwhile)."""
-
-    @wraps(transact)
-    def kept_items(backend: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> Any:
-        kept = [_kept(backend, next(iter(action.values()))) for action in transact_items]
-        Table.__deepcopy__ = lambda table, memo: table  # type: ignore[attr-defined]
-        try:
-            return transact(backend, transact_items)
-        except Exception:
-            for item in kept:
-                _put_back(item)
-            raise
-        finally:
-            del Table.__deepcopy__  # type: ignore[attr-defined]
-
-    return kept_items
-
-
 def cost_per_request_like_dynamodb() -> None:
     """Apply both changes to moto in this process (for a server that answers one request at a time)."""
     Table.query = partition_queries(Table.query)  # type: ignore[method-assign]
-    DynamoDBBackend.transact_write_items = item_backups(DynamoDBBackend.transact_write_items)  # type: ignore[method-assign]
+    moto_dynamodb.install()
 
 
 def main() -> None:

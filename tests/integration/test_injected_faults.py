@@ -50,6 +50,7 @@ from tests.fakes.gateway import FakeGateway
 from tests.integration.conftest import Books, NoSchedules, open_books
 from tests.integration.test_exactly_once import _assert_books_balance, _card_client, _invoices, _key
 from tests.support.faults import (
+    LOST_ANSWER,
     S3_UNAVAILABLE,
     THROTTLED,
     THROTTLING,
@@ -226,6 +227,19 @@ def test_a_cancelled_payment_transaction_is_planned_again_and_charges_once(
     assert _assert_books_balance(books, client_id)["balance"] == 0
 
 
+@pytest.mark.parametrize("writes", [RESERVES, SETTLES], ids=["reserve", "settle"])
+def test_a_payment_transaction_whose_answer_is_lost_is_sent_again_by_the_sdk_and_lands_once(
+    books: Books, gateway: FakeGateway, dynamodb: Any, owing: tuple[str, str], writes: Any
+) -> None:
+    client_id, _ = owing
+    with inject(dynamodb, Fault("TransactWriteItems", LOST_ANSWER, puts=writes)) as fault:
+        payment = _card_payment(books, gateway, client_id, 5000, _key())
+    # DynamoDB answers the retry (same ClientRequestToken) with success and writes nothing: no re-planning
+    assert (fault.failed, fault.sent, fault.matched) == (1, 2, 1)
+    assert payment.status is PaymentStatus.SUCCEEDED and len(gateway.charges) == 1
+    assert _assert_books_balance(books, client_id)["balance"] == 0
+
+
 # -- DynamoDB on invoice writes --------------------------------------------------------------------------------
 
 
@@ -255,6 +269,16 @@ def test_a_cancelled_invoice_transaction_is_planned_again_with_the_next_number(
     with inject(dynamodb, Fault("TransactWriteItems", error, puts=INVOICE)) as fault:
         invoice = create_invoice(books.store, books.clock, books.practice_id, request)
     assert (fault.failed, fault.matched) == (1, 2)
+    assert invoice.number == "INV-000001" and books.refresh().last_invoice_sequence == 1
+
+
+def test_an_invoice_transaction_whose_answer_is_lost_is_sent_again_by_the_sdk_and_lands_once(
+    books: Books, dynamodb: Any
+) -> None:
+    request = _invoice_request(books, books.client())
+    with inject(dynamodb, Fault("TransactWriteItems", LOST_ANSWER, puts=INVOICE)) as fault:
+        invoice = create_invoice(books.store, books.clock, books.practice_id, request)
+    assert (fault.failed, fault.sent, fault.matched) == (1, 2, 1)
     assert invoice.number == "INV-000001" and books.refresh().last_invoice_sequence == 1
 
 

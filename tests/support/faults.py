@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.awsrequest import AWSResponse, HTTPHeaders
+from botocore.exceptions import ReadTimeoutError
+from botocore.httpsession import URLLib3Session
 
 from billing_lambda import aws_clients
 
@@ -71,6 +73,9 @@ THROTTLED = AwsError(
 )
 THROTTLING = AwsError(400, "ThrottlingException", "Rate of requests exceeds the allowed throughput.")
 S3_UNAVAILABLE = AwsError(503, "ServiceUnavailable", "Service is unable to handle request.")
+# Not an answer of the service's: the attempt reaches the service, which acts on it, and its answer is lost on
+# the way back. The SDK sees a read timeout and sends the call again as it was (the same ClientRequestToken).
+LOST_ANSWER = AwsError(0, "ReadTimeout", "Read timeout on endpoint URL")
 
 
 def cancelled(reason: str) -> AwsError:
@@ -87,6 +92,7 @@ ERRORS = {
     "s3_unavailable": S3_UNAVAILABLE,
     "condition_failed": cancelled("ConditionalCheckFailed"),
     "transaction_conflict": cancelled("TransactionConflict"),
+    "lost_answer": LOST_ANSWER,
 }
 
 
@@ -132,6 +138,9 @@ class Fault:
             return None
         self._chosen.left = left - 1
         self.failed += 1
+        if self.error is LOST_ANSWER:
+            URLLib3Session().send(request)
+            raise ReadTimeoutError(endpoint_url=request.url)
         protocol = self._chosen.protocol
         headers = HTTPHeaders.from_dict(
             {"x-amzn-RequestId": REQUEST_ID, "Content-Type": _CONTENT_TYPES.get(protocol, "application/xml")}

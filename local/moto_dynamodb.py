@@ -1,0 +1,178 @@
+"""Two ways moto's DynamoDB transactions part from DynamoDB's, put right for the embedded AWS (`local.aws`).
+
+- **ClientRequestToken.** botocore gives every ``TransactWriteItems`` a token and sends it again on each of its
+  retries. DynamoDB answers a repeat of a successful transaction (same token, same parameters, within 10
+  minutes) with success and writes nothing; the same token with other parameters is an
+  ``IdempotentParameterMismatchException``. moto ignores the token and runs the transaction again, so an SDK
+  retry after a lost answer (a read timeout under load) fails its own conditions: the product then saw a
+  ``StaleState`` for a write that had landed. `idempotent_transactions` keeps each successful answer by token.
+- **Cost.** moto backs a transaction up by deep-copying every table it names, once per item, to put them back
+  if it is cancelled: a transaction's cost grows with the table (about 3 s for five items on a table of
+  20,000), so late in a long test session calls outlast the functions' 5 s read timeout. `kept_items` keeps
+  and puts back only the items the transaction names: the same all or nothing at the cost of its own items.
+
+`install` applies the second to moto in this process; `local.aws.SerialisedMotoServer` applies both.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any
+
+import moto.dynamodb.models as dynamodb_models
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType, Item
+from moto.dynamodb.models.table import Table
+
+TRANSACT_TARGET = "DynamoDB_20120810.TransactWriteItems"
+TOKEN_WINDOW_SECONDS = 600  # DynamoDB keeps a client token for 10 minutes
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+# -- ClientRequestToken ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Answer:
+    at: float
+    parameters: str
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def idempotent_transactions(app: WsgiApp, clock: Callable[[], float] = time.monotonic) -> WsgiApp:
+    """Wrap moto's WSGI ``app`` so that ``TransactWriteItems`` honours ``ClientRequestToken`` as DynamoDB does.
+    The caller serves one request at a time (the kept answers are not locked)."""
+    answers: dict[str, _Answer] = {}
+
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("HTTP_X_AMZ_TARGET") != TRANSACT_TARGET:
+            return app(environ, start_response)
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(body)
+        token, parameters = _token_and_parameters(body)
+        if token is None:
+            return app(environ, start_response)
+        now = clock()
+        for stale in [t for t, answer in answers.items() if now - answer.at > TOKEN_WINDOW_SECONDS]:
+            del answers[stale]
+        kept = answers.get(token)
+        if kept is not None:
+            if kept.parameters != parameters:
+                return _mismatch(start_response)
+            start_response(kept.status, kept.headers)
+            return [kept.body]
+        answered: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            answered.update(status=status, headers=headers)
+            return start_response(status, headers, exc_info)
+
+        chunks = list(app(environ, capture))
+        if answered.get("status", "").startswith("200"):
+            answers[token] = _Answer(now, parameters, answered["status"], list(answered["headers"]), b"".join(chunks))
+        return chunks
+
+    return serve
+
+
+def _token_and_parameters(body: bytes) -> tuple[str | None, str]:
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return None, ""
+    if not isinstance(request, dict) or not isinstance(request.get("ClientRequestToken"), str):
+        return None, ""
+    token = request.pop("ClientRequestToken")
+    return token, json.dumps(request, sort_keys=True)
+
+
+def _mismatch(start_response: Callable[..., Any]) -> list[bytes]:
+    body = json.dumps(
+        {
+            "__type": "com.amazonaws.dynamodb.v20120810#IdempotentParameterMismatchException",
+            "message": "The request uses the same client token as a previous, but non-identical request.",
+        }
+    ).encode()
+    start_response(
+        "400 Bad Request",
+        [("Content-Type", "application/x-amz-json-1.0"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+# -- cost of a transaction ---------------------------------------------------------------------------------------
+
+
+class _ItemCopies:
+    """The ``copy`` module as moto's DynamoDB backend sees it once `install` ran: items are copied as before, a
+    whole table is not (its "backup" is the table itself; `kept_items` puts back what the transaction changed)."""
+
+    @staticmethod
+    def deepcopy(value: Any, memo: dict[int, Any] | None = None) -> Any:
+        return value if isinstance(value, Table) else copy.deepcopy(value, memo)
+
+
+KeptItem = tuple[Table, DynamoType, DynamoType | None, Item | None]
+
+
+def _kept(backend: DynamoDBBackend, action: dict[str, Any]) -> KeptItem | None:
+    """The table, key and a copy of the current item (None: absent) an action names; None for an action moto
+    will refuse anyway (no such table, no key), which then writes nothing."""
+    try:
+        operation: dict[str, Any] = next(iter(action.values()))
+        table = backend.get_table(operation["TableName"])
+        key = operation.get("Key") or operation["Item"]
+        hash_key = DynamoType(key[table.hash_key_attr])
+        range_key = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
+        return table, hash_key, range_key, copy.deepcopy(table.get_item(hash_key, range_key))
+    except Exception:  # moto itself answers the malformed action
+        return None
+
+
+def _put_back(kept: KeptItem) -> None:
+    table, hash_key, range_key, item = kept
+    if item is None:
+        table.delete_item(hash_key, range_key)
+    elif range_key is not None:
+        table.items[hash_key][range_key] = item
+    else:
+        table.items[hash_key] = item  # type: ignore[assignment]  # moto's own annotation misses hash-only tables
+
+
+def kept_items(transact: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``DynamoDBBackend.transact_write_items`` so that a cancelled transaction puts back its own items."""
+
+    @wraps(transact)
+    def transact_keeping_items(backend: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> Any:
+        kept = [k for k in (_kept(backend, action) for action in transact_items) if k is not None]
+        try:
+            return transact(backend, transact_items)
+        except Exception:
+            for item in reversed(kept):
+                _put_back(item)
+            raise
+
+    transact_keeping_items.kept_items = True  # type: ignore[attr-defined]
+    return transact_keeping_items
+
+
+_installing = threading.Lock()
+
+
+def install() -> None:
+    """Make moto's DynamoDB transactions in this process cost what their own items cost (idempotent)."""
+    with _installing:
+        if getattr(DynamoDBBackend.transact_write_items, "kept_items", False):
+            return
+        dynamodb_models.copy = _ItemCopies  # type: ignore[assignment]
+        DynamoDBBackend.transact_write_items = kept_items(DynamoDBBackend.transact_write_items)  # type: ignore[method-assign]

@@ -1,0 +1,179 @@
+"""The embedded DynamoDB keeps DynamoDB's promises for transactions (`local.moto_dynamodb`): a repeated
+ClientRequestToken answers success and writes nothing, and a cancelled transaction leaves every item it named
+as it was while costing only those items."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import moto.dynamodb.models as dynamodb_models
+import pytest
+from botocore.exceptions import ClientError
+from moto.dynamodb.models.table import Table
+
+from local import moto_dynamodb
+from local.aws import LocalAws
+from local.template import Resolver
+
+
+@pytest.fixture(scope="module")
+def table(local_aws: tuple[LocalAws, Resolver]) -> str:
+    name = f"fidelity-{uuid.uuid4().hex[:8]}"
+    local_aws[0].client("dynamodb").create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "PK", "KeyType": "HASH"}, {"AttributeName": "SK", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "PK", "AttributeType": "S"},
+            {"AttributeName": "SK", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return name
+
+
+@pytest.fixture
+def dynamodb(local_aws: tuple[LocalAws, Resolver]) -> Any:
+    return local_aws[0].client("dynamodb")
+
+
+def _key(partition: str, sort: str = "A") -> dict[str, Any]:
+    return {"PK": {"S": partition}, "SK": {"S": sort}}
+
+
+def _new(table: str, partition: str, sort: str = "A", **values: str) -> dict[str, Any]:
+    item = _key(partition, sort) | {name: {"S": value} for name, value in values.items()}
+    return {"Put": {"TableName": table, "Item": item, "ConditionExpression": "attribute_not_exists(PK)"}}
+
+
+def _count(table: str, partition: str) -> dict[str, Any]:
+    return {
+        "Update": {
+            "TableName": table,
+            "Key": _key(partition, "counter"),
+            "UpdateExpression": "ADD n :one",
+            "ExpressionAttributeValues": {":one": {"N": "1"}},
+        }
+    }
+
+
+def _items(dynamodb: Any, table: str, partition: str) -> dict[str, dict[str, Any]]:
+    answer = dynamodb.query(
+        TableName=table,
+        KeyConditionExpression="PK = :p",
+        ExpressionAttributeValues={":p": {"S": partition}},
+        ConsistentRead=True,
+    )
+    return {item["SK"]["S"]: item for item in answer["Items"]}
+
+
+def _code(error: pytest.ExceptionInfo[ClientError]) -> str:
+    return str(error.value.response["Error"]["Code"])
+
+
+def test_a_transaction_sent_again_with_its_token_succeeds_and_writes_nothing(dynamodb: Any, table: str) -> None:
+    partition, token = uuid.uuid4().hex, uuid.uuid4().hex
+    actions = [_new(table, partition), _count(table, partition)]
+    dynamodb.transact_write_items(TransactItems=actions, ClientRequestToken=token)
+    dynamodb.transact_write_items(TransactItems=actions, ClientRequestToken=token)  # its Put's condition now fails
+    assert _items(dynamodb, table, partition)["counter"]["n"] == {"N": "1"}
+    with pytest.raises(ClientError) as fresh:  # a new token is a new transaction
+        dynamodb.transact_write_items(TransactItems=actions, ClientRequestToken=uuid.uuid4().hex)
+    assert _code(fresh) == "TransactionCanceledException"
+
+
+def test_a_token_used_again_for_other_parameters_is_refused_and_changes_nothing(dynamodb: Any, table: str) -> None:
+    partition, token = uuid.uuid4().hex, uuid.uuid4().hex
+    dynamodb.transact_write_items(TransactItems=[_count(table, partition)], ClientRequestToken=token)
+    with pytest.raises(ClientError) as refused:
+        dynamodb.transact_write_items(
+            TransactItems=[_count(table, partition), _new(table, partition)], ClientRequestToken=token
+        )
+    assert _code(refused) == "IdempotentParameterMismatchException"
+    assert set(_items(dynamodb, table, partition)) == {"counter"}
+
+
+def test_a_cancelled_transaction_is_not_kept_so_its_token_runs_it_when_sent_again(dynamodb: Any, table: str) -> None:
+    partition, token = uuid.uuid4().hex, uuid.uuid4().hex
+    dynamodb.put_item(TableName=table, Item=_key(partition))
+    actions = [_new(table, partition), _count(table, partition)]
+    with pytest.raises(ClientError) as cancelled:
+        dynamodb.transact_write_items(TransactItems=actions, ClientRequestToken=token)
+    assert _code(cancelled) == "TransactionCanceledException"
+    dynamodb.delete_item(TableName=table, Key=_key(partition))
+    dynamodb.transact_write_items(TransactItems=actions, ClientRequestToken=token)
+    assert _items(dynamodb, table, partition)["counter"]["n"] == {"N": "1"}
+
+
+def test_a_cancelled_transaction_leaves_every_item_it_named_as_it_was(dynamodb: Any, table: str) -> None:
+    partition = uuid.uuid4().hex
+    dynamodb.put_item(TableName=table, Item=_key(partition, "kept") | {"v": {"S": "before"}})
+    dynamodb.put_item(TableName=table, Item=_key(partition, "gone") | {"v": {"S": "before"}})
+    before = _items(dynamodb, table, partition)
+    actions = [
+        _new(table, partition, "added", v="new"),
+        {
+            "Update": {
+                "TableName": table,
+                "Key": _key(partition, "kept"),
+                "UpdateExpression": "SET v = :v",
+                "ExpressionAttributeValues": {":v": {"S": "after"}},
+            }
+        },
+        {"Delete": {"TableName": table, "Key": _key(partition, "gone")}},
+        _count(table, partition),
+        {"ConditionCheck": {"TableName": table, "Key": _key(partition, "absent"), "ConditionExpression": "attribute_exists(PK)"}},
+    ]
+    with pytest.raises(ClientError) as cancelled:
+        dynamodb.transact_write_items(TransactItems=actions)
+    reasons = [reason["Code"] for reason in cancelled.value.response["CancellationReasons"]]
+    assert reasons == ["None", "None", "None", "None", "ConditionalCheckFailed"]
+    assert _items(dynamodb, table, partition) == before
+
+
+def test_a_transaction_copies_its_own_items_never_a_whole_table() -> None:
+    moto_dynamodb.install()
+    moto_dynamodb.install()  # once is enough; again changes nothing
+    table = Table(
+        "any",
+        "123456789012",
+        "us-east-1",
+        schema=[{"AttributeName": "PK", "KeyType": "HASH"}],
+        attr=[{"AttributeName": "PK", "AttributeType": "S"}],
+    )
+    assert dynamodb_models.copy.deepcopy(table) is table
+    item = {"PK": {"S": "x"}}
+    copied = dynamodb_models.copy.deepcopy(item)
+    assert copied == item and copied is not item
+
+
+def test_a_kept_answer_lasts_dynamodbs_ten_minutes() -> None:
+    now = [0.0]
+    calls: list[bytes] = []
+
+    def moto(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        calls.append(environ["wsgi.input"].read())
+        start_response("200 OK", [("Content-Type", "application/x-amz-json-1.0")])
+        return [b"{}"]
+
+    served = moto_dynamodb.idempotent_transactions(moto, clock=lambda: now[0])
+    body = json.dumps({"TransactItems": [], "ClientRequestToken": "t"}).encode()
+
+    def send() -> None:
+        environ = {
+            "HTTP_X_AMZ_TARGET": moto_dynamodb.TRANSACT_TARGET,
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+        }
+        assert list(served(environ, lambda status, headers, exc_info=None: None)) == [b"{}"]
+
+    send()
+    now[0] = moto_dynamodb.TOKEN_WINDOW_SECONDS
+    send()
+    assert len(calls) == 1  # answered from the kept answer
+    now[0] = 2 * moto_dynamodb.TOKEN_WINDOW_SECONDS + 1
+    send()
+    assert len(calls) == 2  # the token has expired: a new transaction
