@@ -125,7 +125,13 @@ def test_a_cancelled_transaction_leaves_every_item_it_named_as_it_was(dynamodb: 
         },
         {"Delete": {"TableName": table, "Key": _key(partition, "gone")}},
         _count(table, partition),
-        {"ConditionCheck": {"TableName": table, "Key": _key(partition, "absent"), "ConditionExpression": "attribute_exists(PK)"}},
+        {
+            "ConditionCheck": {
+                "TableName": table,
+                "Key": _key(partition, "absent"),
+                "ConditionExpression": "attribute_exists(PK)",
+            }
+        },
     ]
     with pytest.raises(ClientError) as cancelled:
         dynamodb.transact_write_items(TransactItems=actions)
