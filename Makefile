@@ -1,8 +1,11 @@
 # Two commands matter: `make run` (the whole system on this machine) and `make test`.
 # Both create the virtual environment and install the pinned packages themselves.
 SHELL := /bin/bash
-PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /root/.pyenv/versions/3.12*/bin/python3.12 python3; do \
-	$$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
+# The first Python 3.12 that runs (a pyenv shim without that version complains: the probe swallows it), found once.
+ifndef PYTHON
+PYTHON := $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /root/.pyenv/versions/3.12*/bin/python3.12 python3; do \
+	$$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done 2>/dev/null)
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
