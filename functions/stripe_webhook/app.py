@@ -2,6 +2,8 @@
 PaymentIntent's current state (so duplicated, late or out-of-order deliveries all end the same way)."""
 
 import base64
+from collections.abc import Callable
+from functools import cache
 from http import HTTPStatus
 from typing import Any
 
@@ -24,12 +26,6 @@ from billing_lambda.observability import logger, metrics, tracer
 from billing_lambda.openapi import JSON, STRIPE_SIGNATURE, requires, responses
 
 app = build_resolver()
-# One record per Stripe event id. Powertools deletes the record when handling raises, so Stripe's retry of
-# a failed delivery is handled again; a concurrent duplicate gets 409 and Stripe retries it later. It shares
-# the function's DynamoDB client: a client of its own would load botocore's DynamoDB model a second time.
-_events = DynamoDBPersistenceLayer(
-    table_name=load_settings(WebhookSettings).idempotency_table_name, boto3_client=client("dynamodb")
-)
 _once_per_event = IdempotencyConfig(event_key_jmespath="id", expires_after_seconds=30 * 24 * 3600)
 
 
@@ -53,7 +49,6 @@ _REFUND_EVENTS = frozenset(
 )
 
 
-@idempotent_function(data_keyword_argument="stripe_event", config=_once_per_event, persistence_store=_events)
 def handle_event(stripe_event: dict[str, Any]) -> dict[str, str]:
     """Reconcile one verified event; the result is remembered under the event id. Events are hints: the current
     state is always read from Stripe, so duplicated, late, concurrent or out-of-order events end the same way."""
@@ -79,6 +74,19 @@ def handle_event(stripe_event: dict[str, Any]) -> dict[str, str]:
     logger.info("stripe event reconciled", extra={"event_type": kind, "payment_id": payment_id, "outcome": outcome})
     metrics.add_metric(name=f"Webhook_{outcome.value}", unit="Count", value=1)
     return {"event": kind, "outcome": outcome.value}
+
+
+@cache
+def _handled_once() -> Callable[..., dict[str, str]]:
+    """`handle_event` behind one record per Stripe event id. Powertools deletes the record when handling raises,
+    so Stripe's retry of a failed delivery is handled again; a concurrent duplicate gets 409 and Stripe retries
+    it later. Made on the first event, not at import: it shares the function's DynamoDB client, which (as in
+    every function) is made when first used, and a client of its own would load botocore's model again."""
+    events = DynamoDBPersistenceLayer(
+        table_name=load_settings(WebhookSettings).idempotency_table_name, boto3_client=client("dynamodb")
+    )
+    once = idempotent_function(data_keyword_argument="stripe_event", config=_once_per_event, persistence_store=events)
+    return once(handle_event)
 
 
 # The webhook's own contract: it reads the raw body (to verify its signature), so Powertools has no model of it.
@@ -129,7 +137,7 @@ _HANDLED: OpenAPIResponse = {
 def post_stripe_event():  # returns a bare Response: it is not a pydantic model
     stripe_event = wiring.gateway().parse_webhook(_raw_body(), app.current_event.headers.get("stripe-signature", ""))
     try:
-        return handle_event(stripe_event=stripe_event)
+        return _handled_once()(stripe_event=stripe_event)
     except IdempotencyAlreadyInProgressError:
         return error_response(HTTPStatus.CONFLICT, "event_in_progress", "this event is being handled; retry later")
 

@@ -1,5 +1,5 @@
-"""What a cold start costs: importing a handler builds none of our pydantic models and loads neither the Stripe
-SDK nor WeasyPrint; each of those is paid for on first use only (a charge, a document rendered).
+"""What a cold start costs: importing a handler builds none of our pydantic models, makes no AWS client and loads
+neither the Stripe SDK nor WeasyPrint; each of those is paid for on first use only (a charge, a document rendered).
 
 Handlers are imported in a fresh interpreter, as Lambda does (their folder first on ``sys.path``, then the
 layer), one function after another with each function's own modules dropped in between.
@@ -22,13 +22,13 @@ from local.template import Resolver, load_template
 ROOT = Path(__file__).resolve().parents[2]
 LAYER = ROOT / "layers" / "billing"
 DEPLOYED = [LAYER, ROOT / "functions"]
-# Models a handler itself uses when imported: the refund route's default body (everything still refundable), and
-# the webhook's settings (its idempotency table, which Powertools' persistence layer is made with).
-MADE_AT_IMPORT = {"AddPaymentFunction": ["RefundRequest"], "StripeWebhookFunction": ["WebhookSettings"]}
+# Models a handler itself uses when imported: the refund route's default body (everything still refundable).
+MADE_AT_IMPORT = {"AddPaymentFunction": ["RefundRequest"]}
 
 _IMPORT_EVERY_HANDLER = """
 import importlib, json, sys
 from billing.schema import Model
+from billing_lambda import aws_clients
 
 def built(model=Model):
     below = model.__subclasses__()
@@ -40,7 +40,9 @@ for function_id, code_dir, module in json.loads(sys.argv[1]):
     sys.path.insert(0, code_dir)
     importlib.import_module(module)
     loaded = [name for name in ("stripe", "weasyprint") if name in sys.modules]
-    seen[function_id] = {"built": sorted(built() - before), "loaded": loaded}
+    clients = aws_clients.client.cache_info().currsize
+    aws_clients.client.cache_clear()
+    seen[function_id] = {"built": sorted(built() - before), "loaded": loaded, "clients": clients}
     sys.path.remove(code_dir)
     own = [name for name, mod in sys.modules.items() if (getattr(mod, "__file__", "") or "").startswith(code_dir)]
     for name in own:
@@ -75,6 +77,7 @@ def test_importing_a_handler_builds_no_model_and_loads_no_sdk_it_may_never_use()
     for function_id, cold_start in seen.items():
         assert cold_start["built"] == MADE_AT_IMPORT.get(function_id, []), function_id
         assert cold_start["loaded"] == [], function_id
+        assert cold_start["clients"] == 0, f"{function_id} makes an AWS client at import"
 
 
 def test_every_model_of_the_deployed_code_is_built_on_first_use() -> None:
