@@ -32,6 +32,7 @@ from billing_lambda.openapi import (
     REFUND_BODY,
     TIME_OF_SERVICE_BODY,
     accepted,
+    card_charge,
     created,
     no_content,
     ok,
@@ -57,15 +58,7 @@ def _accepted(status_code: int, body: Any) -> Response:
     "processor; other methods are recorded. What is paid goes to `invoice_ids`, else to the oldest unpaid invoices; "
     "the rest is credit. The amount is first reserved on those invoices, so concurrent payments never together "
     "charge more than is owed (409 `payment_in_progress` before any charge).",
-    responses=responses(
-        created("The payment, succeeded"),
-        accepted(Payment, "The charge is processing (not a decline); a webhook settles it"),
-        *EVERY_ROUTE,
-        402,
-        404,
-        409,
-        INVALID,
-    ),
+    responses=card_charge(Payment, "The payment, succeeded"),
     openapi_extensions=requires(IDEMPOTENCY_KEY),
 )
 def post_payment(request: Annotated[PaymentRequest, PAYMENT_BODY]) -> Response[Payment]:
@@ -84,15 +77,7 @@ def post_payment(request: Annotated[PaymentRequest, PAYMENT_BODY]) -> Response[P
     summary="Create Invoice & Add Payment for a calendar appointment",
     description="Invoices the appointment (or reuses its invoice) and pays what that invoice still owes, in one "
     "step (409 `nothing_owed` when it is paid).",
-    responses=responses(
-        created("The invoice and the succeeded payment"),
-        accepted(InvoiceAndPayment, "The charge is processing (not a decline); a webhook settles it"),
-        *EVERY_ROUTE,
-        402,
-        404,
-        409,
-        INVALID,
-    ),
+    responses=card_charge(InvoiceAndPayment, "The invoice and the succeeded payment"),
     openapi_extensions=requires(IDEMPOTENCY_KEY),
 )
 def post_invoice_and_payment(

@@ -24,7 +24,7 @@ from billing_lambda.openapi import (
     IDEMPOTENCY_KEY,
     INVALID,
     PORTAL_PAYMENT_BODY,
-    accepted,
+    card_charge,
     created,
     no_content,
     ok,
@@ -64,15 +64,7 @@ def get_my_account() -> PortalAccount:
     description="Without `amount_cents` or `invoice_ids`, the whole balance (409 `nothing_owed` when there is "
     "none). By a saved card (`card_id`, else the default) or a new one (`payment_method_id`, kept with "
     "`save_card`), through the same reserved path as staff payments.",
-    responses=responses(
-        created("The payment, succeeded"),
-        accepted(Payment, "The charge is processing (not a decline); a webhook settles it"),
-        *EVERY_ROUTE,
-        402,
-        404,
-        409,
-        INVALID,
-    ),
+    responses=card_charge(Payment, "The payment, succeeded"),
     openapi_extensions=requires(IDEMPOTENCY_KEY),
 )
 def post_my_payment(request: Annotated[PortalPaymentRequest, PORTAL_PAYMENT_BODY]) -> Response[Payment]:

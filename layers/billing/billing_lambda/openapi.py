@@ -203,6 +203,13 @@ def accepted(model: type, description: str) -> dict[int, OpenAPIResponse]:
     return {202: {"description": description, "content": {JSON: {"model": model}}}}
 
 
+def card_charge(model: type, succeeded: str) -> dict[int, OpenAPIResponse]:
+    """What a route that may charge a card answers: 201 settled, 202 still processing, 402 declined, 404 (the
+    client, invoice or card), 409 (a payment in progress with the same key, or nothing owed) and the rest."""
+    processing = accepted(model, "The charge is processing (not a decline); a webhook settles it")
+    return responses(created(succeeded), processing, *EVERY_ROUTE, 402, 404, 409, INVALID)
+
+
 def no_content(description: str) -> dict[int, OpenAPIResponse]:
     return {204: {"description": description, "content": {}}}
 
