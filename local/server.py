@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import mimetypes
 import re
 import socket
 import sys
@@ -27,7 +26,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -340,33 +339,53 @@ def lambda_response(result: Any) -> OutgoingResponse:
 # ---------------------------------------------------------------- OpenAPI and Swagger UI
 
 
-def merge_openapi(documents: Iterable[Mapping[str, Any]], public_routes: Iterable[HttpRoute] = ()) -> dict[str, Any]:
-    """One OpenAPI 3 document from the functions' documents.
+def merge_openapi(documents: Sequence[Mapping[str, Any]], public_routes: Iterable[HttpRoute] = ()) -> dict[str, Any]:
+    """One OpenAPI document from the functions' documents, merged by Powertools' ``OpenAPIMerge``.
 
-    Each function describes its own routes, their errors and the API's security (``billing_lambda.openapi``);
-    the gateway decides which routes skip the JWT authorizer, so ``public_routes`` (no authorizer in the
-    template) get ``security: []`` whatever their function says.
+    ``OpenAPIMerge`` takes the info and the global security from its arguments, not from the documents; every
+    function states the same ones (``billing_lambda.openapi``), so the first function's are used. Two functions
+    documenting one path and method is a bug: ``OpenAPIMergeError``. The gateway decides which routes skip the JWT
+    authorizer, so ``public_routes`` (no authorizer in the template) get ``security: []`` whatever their function
+    says.
     """
-    merged: dict[str, Any] = {
-        "openapi": "3.1.0",
-        "info": {"title": OPENAPI_TITLE, "version": "1.0.0"},
-        "paths": {},
-        "components": {},
-    }
+    # Imported here: Powertools takes ~0.2 s to import and only /openapi.json and /swagger need it.
+    from aws_lambda_powertools.event_handler.openapi.merge import OpenAPIMerge
+
+    first = documents[0] if documents else {}
+    info = first.get("info") or {}
+    merge = OpenAPIMerge(
+        title=info.get("title", OPENAPI_TITLE),
+        version=info.get("version", "1.0.0"),
+        openapi_version=first.get("openapi", "3.1.0"),
+        description=info.get("description"),
+        security=first.get("security"),
+        on_conflict="error",
+    )
     for document in documents:
-        merged["openapi"] = str(document.get("openapi", merged["openapi"]))
-        merged["info"].update(document.get("info") or {})
-        if document.get("security"):
-            merged["security"] = document["security"]
-        for path, operations in (document.get("paths") or {}).items():
-            merged["paths"].setdefault(path, {}).update(operations)
-        for section, entries in (document.get("components") or {}).items():
-            merged["components"].setdefault(section, {}).update(entries or {})
+        merge.add_schema(dict(document))
+    merged = merge.get_openapi_schema()
     for route in public_routes:
-        operation = merged["paths"].get(route.path, {}).get(route.method.lower())
+        operation = merged.get("paths", {}).get(route.path, {}).get(route.method.lower())
         if isinstance(operation, dict):
             operation["security"] = []
     return merged
+
+
+def swagger_page(document: Mapping[str, Any]) -> str:
+    """Swagger UI showing ``document``, as Powertools' ``enable_swagger()`` serves it offline: the document and
+    Swagger UI's JS and CSS (shipped with Powertools) inlined in the page, the authorization kept across reloads."""
+    from aws_lambda_powertools.event_handler.openapi import swagger_ui
+
+    assets = Path(swagger_ui.__file__).parent
+    return swagger_ui.generate_swagger_html(
+        # "</" escaped, as enable_swagger does, so no string in the document can close the page's <script>.
+        json.dumps(document, default=str).replace("</", "<\\/"),
+        (assets / "swagger-ui-bundle.min.js").read_text(encoding="utf-8"),
+        (assets / "swagger-ui.min.css").read_text(encoding="utf-8"),
+        swagger_base_url="",
+        oauth2_config=None,
+        persist_authorization=True,
+    )
 
 
 class ServedStatuses:
@@ -390,42 +409,6 @@ class ServedStatuses:
         """What was answered after ``mark``."""
         with self._lock:
             return self._served[mark:]
-
-
-def swagger_ui_dir() -> Path:
-    """The folder of Swagger UI's static files shipped by the ``swagger_ui_bundle`` package."""
-    import swagger_ui_bundle  # imported here: only the Swagger page needs it
-
-    return Path(str(swagger_ui_bundle.swagger_ui_path))
-
-
-SWAGGER_PAGE = """<!DOCTYPE html>
-<html lang="en">
-  <head>
-    <meta charset="utf-8">
-    <title>Time-of-session billing API</title>
-    <link rel="stylesheet" href="/swagger/assets/swagger-ui.css">
-    <link rel="icon" type="image/png" href="/swagger/assets/favicon-32x32.png">
-  </head>
-  <body>
-    <div id="swagger-ui"></div>
-    <script src="/swagger/assets/swagger-ui-bundle.js"></script>
-    <script src="/swagger/assets/swagger-ui-standalone-preset.js"></script>
-    <script>
-      window.onload = function () {
-        window.ui = SwaggerUIBundle({
-          url: "/openapi.json",
-          dom_id: "#swagger-ui",
-          deepLinking: true,
-          persistAuthorization: true,
-          presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
-          layout: "StandaloneLayout"
-        });
-      };
-    </script>
-  </body>
-</html>
-"""
 
 
 # ---------------------------------------------------------------- the server
@@ -628,17 +611,13 @@ class LocalServer:
         pages: dict[str, Callable[[IncomingRequest], OutgoingResponse]] = {
             "/_local/health": lambda _: json_response(200, {"status": "ok"}),
             "/openapi.json": lambda _: json_response(200, self.openapi()),
-            "/swagger": lambda _: self._swagger_page(),
-            "/swagger/": lambda _: self._swagger_page(),
+            "/swagger": self._swagger,
+            "/swagger/": self._swagger,
         }
         if path in pages:
             if method not in ("GET", "HEAD"):
                 return self._method_not_allowed(["GET"])
             return pages[path](request)
-        if path.startswith("/swagger/assets/"):
-            if method not in ("GET", "HEAD"):
-                return self._method_not_allowed(["GET"])
-            return self._swagger_asset(path.removeprefix("/swagger/assets/"))
         if self.local_endpoints and path == "/_local/scheduler/fire":
             if method != "POST":
                 return self._method_not_allowed(["POST"])
@@ -731,22 +710,12 @@ class LocalServer:
             merged["x-local-unavailable"] = unavailable
         return merged
 
-    @staticmethod
-    def _swagger_page() -> OutgoingResponse:
+    def _swagger(self, request: IncomingRequest) -> OutgoingResponse:
+        # ?format=json is the document's URL Powertools' page shows, as enable_swagger() answers it.
+        if ("format", "json") in parse_qsl(request.raw_query):
+            return json_response(200, self.openapi())
         headers = [("Content-Type", "text/html; charset=utf-8")]
-        return OutgoingResponse(200, headers, SWAGGER_PAGE.encode("utf-8"))
-
-    @staticmethod
-    def _swagger_asset(name: str) -> OutgoingResponse:
-        folder = swagger_ui_dir()
-        # Only plain file names that exist in the bundle: nothing outside it can be read.
-        if "/" in name or name.startswith(".") or not (folder / name).is_file():
-            return json_response(404, error_body("not_found", f"No asset {name}"))
-        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        if name.endswith(".map"):
-            content_type = JSON_TYPE
-        headers = [("Content-Type", content_type), ("Cache-Control", "max-age=3600")]
-        return OutgoingResponse(200, headers, (folder / name).read_bytes())
+        return OutgoingResponse(200, headers, swagger_page(self.openapi()).encode("utf-8"))
 
     def _fire(self, body: bytes) -> OutgoingResponse:
         try:
