@@ -4,19 +4,19 @@ a portal client only their own), then answers a presigned URL valid for at most 
 
 from typing import Annotated, Any
 
-from archive import DocumentArchive
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from finance import FinanceExports, document_store, export_settings
 from publisher import Publisher
 from pydantic import ValidationError
 
 from billing.documents import DateRange, DocumentLink, ExportLink, ExportRequest, FinanceExportLinks, StatementLink
 from billing.errors import InvalidRequest
 from billing.schema import ServiceDate
+from billing_aws.archive import DocumentArchive
 from billing_lambda import wiring
 from billing_lambda.aws_clients import client
+from billing_lambda.finance_exports import FinanceExports, document_store, export_settings
 from billing_lambda.http import PathId, Tenant, build_resolver, clinician, portal_client, resolve
 from billing_lambda.observability import logger, metrics, tracer
 from billing_lambda.openapi import EVERY_ROUTE, EXPORT_BODY, INVALID, PERIOD_BODY, created, ok, responses

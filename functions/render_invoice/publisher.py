@@ -4,8 +4,6 @@ and hand out a short-lived link. The caller has already checked who may see it (
 from dataclasses import dataclass
 from datetime import date
 
-from archive import PDF, DocumentArchive, document_key
-
 from billing import documents
 from billing.clients import Client, require_client
 from billing.documents import (
@@ -23,6 +21,7 @@ from billing.invoices import Invoice
 from billing.localtime import Clock, local_date
 from billing.payments import Payment, PaymentStatus, Refund
 from billing.practices import Practice
+from billing_aws.archive import PDF, DocumentArchive, document_key
 from billing_aws.documents import DocumentStore
 from billing_lambda.observability import logger, metrics
 

@@ -29,7 +29,9 @@ from billing.payment_service import take_payment
 from billing.payments import PaymentMethod, PaymentRequest
 from billing.practices import InvoiceCreation, PracticeSettings, save_practice
 from billing.refund_service import refund_payment
+from billing_aws.archive import DocumentArchive
 from billing_aws.documents import DocumentStore
+from billing_lambda.finance_exports import FinanceExports
 from local.aws import LocalAws
 from local.template import Resolver
 from tests.fakes.gateway import FakeGateway
@@ -38,8 +40,6 @@ from tests.integration.conftest import FixedClock, NoSchedules
 RENDER_FUNCTION = Path(__file__).resolve().parents[2] / "functions" / "render_invoice"
 sys.path.insert(0, str(RENDER_FUNCTION))
 
-from archive import DocumentArchive  # noqa: E402
-from finance import FinanceExports  # noqa: E402
 from publisher import Publisher  # noqa: E402
 
 

@@ -624,7 +624,7 @@ def test_the_finance_export_worker_fails_a_half_written_export_and_its_redeliver
     functions: FunctionEnvironment,
     worker_queue: Callable[..., WorkerQueue],
 ) -> None:
-    finance = functions.load("FinanceExportWorkerFunction", "render_invoice", "finance")
+    finance = functions.load("FinanceExportWorkerFunction", "finance_export", "app")
     queue = worker_queue("FinanceExportWorkerFunction", finance.worker_handler)
     practices = [open_books(store), open_books(store)]
     for books in practices:
