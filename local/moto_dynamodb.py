@@ -1,4 +1,4 @@
-"""Two ways moto's DynamoDB transactions part from DynamoDB's, put right for the embedded AWS (`local.aws`).
+"""Where moto's DynamoDB parts from DynamoDB's, put right for the embedded AWS (`local.aws`).
 
 - **ClientRequestToken.** botocore gives every ``TransactWriteItems`` a token and sends it again on each of its
   retries. DynamoDB answers a repeat of a successful transaction (same token, same parameters, within 10
@@ -10,8 +10,14 @@
   if it is cancelled: a transaction's cost grows with the table (about 3 s for five items on a table of
   20,000), so late in a long test session calls outlast the functions' 5 s read timeout. `kept_items` keeps
   and puts back only the items the transaction names: the same all or nothing at the cost of its own items.
+- **Cost of an answer.** moto writes every answer through a serializer driven by botocore's model, which walks
+  each attribute value of each item through every member an ``AttributeValue`` may have: a Query of ten items
+  costs ~20 ms, most of a night's time on moto. moto's item operations already hold their answer in DynamoDB's
+  JSON shape, so `plain_item_answers` writes it with ``json.dumps``; an answer JSON cannot hold as it is
+  (binary values, timestamps) still goes through moto's serializer. tests/integration/test_local_dynamodb.py
+  compares both for every item operation.
 
-`install` applies the second to moto in this process; `local.aws.SerialisedMotoServer` applies both.
+`install` applies the last two to moto in this process; `local.aws.SerialisedMotoServer` applies all three.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ from functools import wraps
 from typing import Any
 
 import moto.dynamodb.models as dynamodb_models
+from moto.core.responses import ActionResult
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
+from moto.dynamodb.responses import DynamoHandler, DynamoResult
 
 TRANSACT_TARGET = "DynamoDB_20120810.TransactWriteItems"
 TOKEN_WINDOW_SECONDS = 600  # DynamoDB keeps a client token for 10 minutes
@@ -166,13 +174,39 @@ def kept_items(transact: Callable[..., Any]) -> Callable[..., Any]:
     return transact_keeping_items
 
 
+# -- cost of an answer -------------------------------------------------------------------------------------------
+
+JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
+plain_answers = True  # tests switch it off to compare with moto's own serializer
+
+
+def plain_item_answers(serialized: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``DynamoHandler.serialized`` so that an item operation's answer is written as the JSON it already is."""
+
+    @wraps(serialized)
+    def serialize(handler: DynamoHandler, action_result: ActionResult) -> Any:
+        if plain_answers and type(action_result) is DynamoResult and isinstance(action_result.result, dict):
+            try:
+                body = json.dumps(action_result.result, separators=(",", ":"))
+            except TypeError:  # bytes or datetimes: moto's serializer knows how DynamoDB writes them
+                pass
+            else:
+                return 200, {**handler.response_headers, "Content-Type": JSON_CONTENT_TYPE}, body
+        return serialized(handler, action_result)
+
+    serialize.plain_item_answers = True  # type: ignore[attr-defined]
+    return serialize
+
+
 _installing = threading.Lock()
 
 
 def install() -> None:
-    """Make moto's DynamoDB transactions in this process cost what their own items cost (idempotent)."""
+    """Make moto's DynamoDB in this process cost what DynamoDB's work costs: a transaction its own items, an
+    answer its JSON (idempotent)."""
     with _installing:
-        if getattr(DynamoDBBackend.transact_write_items, "kept_items", False):
-            return
-        dynamodb_models.copy = _ItemCopies  # type: ignore[assignment]
-        DynamoDBBackend.transact_write_items = kept_items(DynamoDBBackend.transact_write_items)  # type: ignore[method-assign]
+        if not getattr(DynamoDBBackend.transact_write_items, "kept_items", False):
+            dynamodb_models.copy = _ItemCopies  # type: ignore[assignment]
+            DynamoDBBackend.transact_write_items = kept_items(DynamoDBBackend.transact_write_items)  # type: ignore[method-assign]
+        if not getattr(DynamoHandler.serialized, "plain_item_answers", False):
+            DynamoHandler.serialized = plain_item_answers(DynamoHandler.serialized)  # type: ignore[method-assign]

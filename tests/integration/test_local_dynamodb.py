@@ -183,3 +183,81 @@ def test_a_kept_answer_lasts_dynamodbs_ten_minutes() -> None:
     now[0] = 2 * moto_dynamodb.TOKEN_WINDOW_SECONDS + 1
     send()
     assert len(calls) == 2  # the token has expired: a new transaction
+
+
+def _rich_item(partition: str, sort: str) -> dict[str, Any]:
+    return _key(partition, sort) | {
+        "text": {"S": "é ü </script>"},
+        "number": {"N": "-12.50"},
+        "flag": {"BOOL": True},
+        "nothing": {"NULL": True},
+        "tags": {"SS": ["a", "b"]},
+        "amounts": {"NS": ["1", "2"]},
+        "list": {"L": [{"S": "x"}, {"N": "1"}, {"M": {"k": {"S": "v"}}}]},
+        "map": {"M": {"inner": {"L": []}, "empty": {"M": {}}}},
+    }
+
+
+ITEM_OPERATIONS: dict[str, Callable[[Any, str, str], Any]] = {
+    "GetItem": lambda db, t, p: db.get_item(TableName=t, Key=_key(p, "1"), ReturnConsumedCapacity="TOTAL"),
+    "GetItem missing": lambda db, t, p: db.get_item(TableName=t, Key=_key(p, "absent")),
+    "GetItem projected": lambda db, t, p: db.get_item(
+        TableName=t, Key=_key(p, "1"), ProjectionExpression="#m.inner, amounts", ExpressionAttributeNames={"#m": "map"}
+    ),
+    "Query page": lambda db, t, p: db.query(
+        TableName=t,
+        KeyConditionExpression="PK = :p",
+        ExpressionAttributeValues={":p": {"S": p}},
+        Limit=2,
+        ReturnConsumedCapacity="TOTAL",
+    ),
+    "Query count": lambda db, t, p: db.query(
+        TableName=t, KeyConditionExpression="PK = :p", ExpressionAttributeValues={":p": {"S": p}}, Select="COUNT"
+    ),
+    "Scan": lambda db, t, p: db.scan(
+        TableName=t, FilterExpression="PK = :p", ExpressionAttributeValues={":p": {"S": p}}
+    ),
+    "BatchGetItem": lambda db, t, p: db.batch_get_item(
+        RequestItems={t: {"Keys": [_key(p, "1"), _key(p, "2"), _key(p, "absent")]}}
+    ),
+    "BatchWriteItem": lambda db, t, p: db.batch_write_item(
+        RequestItems={t: [{"PutRequest": {"Item": _rich_item(p, "4")}}, {"DeleteRequest": {"Key": _key(p, "4")}}]}
+    ),
+    "PutItem": lambda db, t, p: db.put_item(TableName=t, Item=_rich_item(p, "2"), ReturnValues="ALL_OLD"),
+    "UpdateItem": lambda db, t, p: db.update_item(
+        TableName=t,
+        Key=_key(p, "3"),
+        UpdateExpression="ADD #n :one SET flag = :no",
+        ExpressionAttributeNames={"#n": "number"},
+        ExpressionAttributeValues={":one": {"N": "1"}, ":no": {"BOOL": False}},
+        ReturnValues="ALL_NEW",
+    ),
+    "DeleteItem": lambda db, t, p: db.delete_item(TableName=t, Key=_key(p, "3"), ReturnValues="ALL_OLD"),
+    "TransactWriteItems": lambda db, t, p: db.transact_write_items(
+        TransactItems=[{"Put": {"TableName": t, "Item": _rich_item(p, "3")}}], ReturnConsumedCapacity="TOTAL"
+    ),
+    "TransactGetItems": lambda db, t, p: db.transact_get_items(
+        TransactItems=[{"Get": {"TableName": t, "Key": _key(p, "1")}}, {"Get": {"TableName": t, "Key": _key(p, "9")}}]
+    ),
+}
+
+
+@pytest.mark.parametrize("operation", ITEM_OPERATIONS)
+def test_an_item_answer_written_as_json_is_the_answer_motos_serializer_writes(
+    dynamodb: Any, table: str, operation: str
+) -> None:
+    answers = []
+    for plain in (False, True):
+        partition = uuid.uuid4().hex
+        for sort in ("1", "2", "3"):
+            dynamodb.put_item(TableName=table, Item=_rich_item(partition, sort))
+        moto_dynamodb.plain_answers = plain
+        try:
+            answer = ITEM_OPERATIONS[operation](dynamodb, table, partition)
+        finally:
+            moto_dynamodb.plain_answers = True
+        answer.pop("ResponseMetadata")
+        if operation == "Scan":
+            answer.pop("ScannedCount")  # counts the whole table, which grows
+        answers.append(json.loads(json.dumps(answer, default=str).replace(partition, "<partition>")))
+    assert answers[0] == answers[1]
