@@ -8,7 +8,7 @@ a night of P practices costs O(P²) on moto, whatever the code under test does.
   (billing_aws/keys.py) puts every item of those index partitions there, so the answer is the same. Queries by
   zone (GSI1 ``ZONE#...``, once per zone and night) still read the whole table.
 - moto's ``transact_write_items`` backs up by deep-copying every table the transaction names (once per item).
-  `local.moto_dynamodb` (which every local moto server applies) keeps only the items it names.
+  `local.moto_patches` (which every local moto server applies) keeps only the items it names.
 
 ``python -m bench.moto_server`` prints the endpoint on one line and serves until its stdin closes; the in-process
 benchmarks apply the same changes with `cost_per_request_like_dynamodb`.
@@ -25,7 +25,7 @@ from typing import Any
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
 
-from local import moto_dynamodb
+from local import moto_patches
 from local.aws import SerialisedMotoServer
 
 PRACTICE_PREFIX = "PRACTICE#"
@@ -61,7 +61,7 @@ def partition_queries(query: Callable[..., Any]) -> Callable[..., Any]:
 def cost_per_request_like_dynamodb() -> None:
     """Apply both changes to moto in this process (for a server that answers one request at a time)."""
     Table.query = partition_queries(Table.query)  # type: ignore[method-assign]
-    moto_dynamodb.install()
+    moto_patches.install()
 
 
 def main() -> None:

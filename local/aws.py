@@ -23,7 +23,7 @@ from moto.moto_server.threaded_moto_server import MotoRequestHandler
 from moto.server import DomainDispatcherApplication, ThreadedMotoServer, create_backend_app
 from werkzeug.serving import make_server
 
-from local import moto_dynamodb
+from local import moto_patches
 from local.template import DEFAULT_REGION, Resolver, Template
 
 LOCAL_CREDENTIALS = {
@@ -52,13 +52,13 @@ class SerialisedMotoServer(ThreadedMotoServer):
     moto checks a TransactWriteItems' conditions and then writes without a lock, so two concurrent
     transactions can both pass the same condition (two invoices with one number). DynamoDB never allows
     that; serving requests one at a time gives back the serialisability the exactly-once code relies on.
-    `local.moto_dynamodb`: a transaction's ClientRequestToken is honoured (an SDK retry of one that landed
+    `local.moto_patches`: a transaction's ClientRequestToken is honoured (an SDK retry of one that landed
     succeeds and writes nothing) and a transaction costs its own items, not a copy of the table.
     """
 
     def _server_entry(self) -> None:
-        moto_dynamodb.install()
-        app = moto_dynamodb.idempotent_transactions(DomainDispatcherApplication(create_backend_app))
+        moto_patches.install()
+        app = moto_patches.idempotent_transactions(DomainDispatcherApplication(create_backend_app))
         lock = threading.Lock()
 
         def serialised(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:

@@ -1,4 +1,4 @@
-"""The embedded DynamoDB keeps DynamoDB's promises for transactions (`local.moto_dynamodb`): a repeated
+"""The embedded DynamoDB keeps DynamoDB's promises for transactions (`local.moto_patches`): a repeated
 ClientRequestToken answers success and writes nothing, and a cancelled transaction leaves every item it named
 as it was while costing only those items."""
 
@@ -15,7 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto.dynamodb.models.table import Table
 
-from local import moto_dynamodb
+from local import moto_patches
 from local.aws import LocalAws
 from local.template import Resolver
 
@@ -141,8 +141,8 @@ def test_a_cancelled_transaction_leaves_every_item_it_named_as_it_was(dynamodb: 
 
 
 def test_a_transaction_copies_its_own_items_never_a_whole_table() -> None:
-    moto_dynamodb.install()
-    moto_dynamodb.install()  # once is enough; again changes nothing
+    moto_patches.install()
+    moto_patches.install()  # once is enough; again changes nothing
     table = Table(
         "any",
         "123456789012",
@@ -165,22 +165,22 @@ def test_a_kept_answer_lasts_dynamodbs_ten_minutes() -> None:
         start_response("200 OK", [("Content-Type", "application/x-amz-json-1.0")])
         return [b"{}"]
 
-    served = moto_dynamodb.idempotent_transactions(moto, clock=lambda: now[0])
+    served = moto_patches.idempotent_transactions(moto, clock=lambda: now[0])
     body = json.dumps({"TransactItems": [], "ClientRequestToken": "t"}).encode()
 
     def send() -> None:
         environ = {
-            "HTTP_X_AMZ_TARGET": moto_dynamodb.TRANSACT_TARGET,
+            "HTTP_X_AMZ_TARGET": moto_patches.TRANSACT_TARGET,
             "CONTENT_LENGTH": str(len(body)),
             "wsgi.input": io.BytesIO(body),
         }
         assert list(served(environ, lambda status, headers, exc_info=None: None)) == [b"{}"]
 
     send()
-    now[0] = moto_dynamodb.TOKEN_WINDOW_SECONDS
+    now[0] = moto_patches.TOKEN_WINDOW_SECONDS
     send()
     assert len(calls) == 1  # answered from the kept answer
-    now[0] = 2 * moto_dynamodb.TOKEN_WINDOW_SECONDS + 1
+    now[0] = 2 * moto_patches.TOKEN_WINDOW_SECONDS + 1
     send()
     assert len(calls) == 2  # the token has expired: a new transaction
 
@@ -251,11 +251,11 @@ def test_an_item_answer_written_as_json_is_the_answer_motos_serializer_writes(
         partition = uuid.uuid4().hex
         for sort in ("1", "2", "3"):
             dynamodb.put_item(TableName=table, Item=_rich_item(partition, sort))
-        moto_dynamodb.plain_answers = plain
+        moto_patches.plain_answers = plain
         try:
             answer = ITEM_OPERATIONS[operation](dynamodb, table, partition)
         finally:
-            moto_dynamodb.plain_answers = True
+            moto_patches.plain_answers = True
         answer.pop("ResponseMetadata")
         if operation == "Scan":
             answer.pop("ScannedCount")  # counts the whole table, which grows

@@ -1,4 +1,4 @@
-"""Where moto's DynamoDB parts from DynamoDB's, put right for the embedded AWS (`local.aws`).
+"""Where moto parts from AWS, in what it does or what it costs, put right for the embedded AWS (`local.aws`).
 
 - **ClientRequestToken.** botocore gives every ``TransactWriteItems`` a token and sends it again on each of its
   retries. DynamoDB answers a repeat of a successful transaction (same token, same parameters, within 10
@@ -6,7 +6,7 @@
   ``IdempotentParameterMismatchException``. moto ignores the token and runs the transaction again, so an SDK
   retry after a lost answer (a read timeout under load) fails its own conditions: the product then saw a
   ``StaleState`` for a write that had landed. `idempotent_transactions` keeps each successful answer by token.
-- **Cost.** moto backs a transaction up by deep-copying every table it names, once per item, to put them back
+- **Cost of a transaction.** moto backs a transaction up by deep-copying every table it names, once per item, to put them back
   if it is cancelled: a transaction's cost grows with the table (about 3 s for five items on a table of
   20,000), so late in a long test session calls outlast the functions' 5 s read timeout. `kept_items` keeps
   and puts back only the items the transaction names: the same all or nothing at the cost of its own items.
@@ -14,10 +14,13 @@
   each attribute value of each item through every member an ``AttributeValue`` may have: a Query of ten items
   costs ~20 ms, most of a night's time on moto. moto's item operations already hold their answer in DynamoDB's
   JSON shape, so `plain_item_answers` writes it with ``json.dumps``; an answer JSON cannot hold as it is
-  (binary values, timestamps) still goes through moto's serializer. tests/integration/test_local_dynamodb.py
+  (binary values, timestamps) still goes through moto's serializer. tests/integration/test_moto_patches.py
   compares both for every item operation.
+- **Cost of a request.** For every request moto lists its own package folder to recognise the service and walks
+  the handler class's members to find the action (~2 ms together). Both answers never change while it runs, so
+  `install` keeps them.
 
-`install` applies the last two to moto in this process; `local.aws.SerialisedMotoServer` applies all three.
+`install` applies the last three to moto in this process; `local.aws.SerialisedMotoServer` applies all four.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import wraps
+from functools import cache, wraps
 from typing import Any
 
+import moto.backends as moto_backends
+import moto.core.responses as moto_responses
 import moto.dynamodb.models as dynamodb_models
 from moto.core.responses import ActionResult
 from moto.dynamodb.models import DynamoDBBackend
@@ -210,3 +215,7 @@ def install() -> None:
             DynamoDBBackend.transact_write_items = kept_items(DynamoDBBackend.transact_write_items)  # type: ignore[method-assign]
         if not getattr(DynamoHandler.serialized, "plain_item_answers", False):
             DynamoHandler.serialized = plain_item_answers(DynamoHandler.serialized)  # type: ignore[method-assign]
+        if not hasattr(moto_responses.method_names_from_class, "cache_info"):
+            modules = tuple(moto_backends.list_of_moto_modules())
+            moto_backends.list_of_moto_modules = lambda: modules
+            moto_responses.method_names_from_class = cache(moto_responses.method_names_from_class)
