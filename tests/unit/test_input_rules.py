@@ -33,6 +33,7 @@ from billing_lambda.http import (
     MAX_JSON_DEPTH,
     MAX_NUMBER_CHARACTERS,
     build_resolver,
+    portal_client,
     resolve,
 )
 
@@ -254,6 +255,11 @@ def _post_portal_payment(request: PortalPaymentRequest) -> dict[str, str]:
     return {"ok": "yes"}
 
 
+@app.get("/portal/me")
+def _get_me() -> dict[str, str]:
+    return {"client_id": str(portal_client(app).client_id)}
+
+
 VALID = {"client_id": "cli_1", "amount_cents": 1500, "method": "cash"}
 
 
@@ -365,3 +371,48 @@ def test_a_body_sent_as_another_media_type_is_415() -> None:
 def test_the_role_is_checked_before_the_body(body: str | bytes) -> None:
     _refused(body, 403, "wrong_role", route="/payments", role="client")
     _refused(body, 403, "wrong_role", route="/portal/payments", role="clinician")
+
+
+def _whoami(claims: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """``GET /portal/me`` with these JWT claims, as API Gateway hands them over once the token verified."""
+    http = {"method": "GET", "path": "/portal/me", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1"}
+    event = {
+        "version": "2.0",
+        "routeKey": "GET /portal/me",
+        "rawPath": "/portal/me",
+        "rawQueryString": "",
+        "headers": {},
+        "requestContext": {
+            "http": http,
+            "routeKey": "GET /portal/me",
+            "stage": "$default",
+            "authorizer": {"jwt": {"claims": claims}},
+        },
+        "isBase64Encoded": False,
+    }
+    answer = resolve(app, event, None)
+    return answer["statusCode"], json.loads(answer["body"])
+
+
+PORTAL_CLAIMS = {"custom:role": "client", "custom:practice_id": "prac_1", "custom:client_id": "cli_1"}
+
+
+@pytest.mark.parametrize(
+    ("claim", "value", "code"),
+    [
+        ("custom:practice_id", "prac_1#CLIENT#cli_2", "no_practice"),
+        ("custom:practice_id", "p" * 65, "no_practice"),
+        ("custom:client_id", "cli_1#INVOICE#inv_9", "no_client"),
+        ("custom:client_id", "cli 1", "no_client"),
+        ("custom:client_id", "c" * 65, "no_client"),
+    ],
+)
+def test_a_token_naming_a_malformed_practice_or_client_is_403(claim: str, value: str, code: str) -> None:
+    status, payload = _whoami(PORTAL_CLAIMS | {claim: value})
+    assert (status, payload["error"]["code"]) == (403, code)
+
+
+def test_a_well_formed_client_claim_reaches_the_route() -> None:
+    assert _whoami(PORTAL_CLAIMS) == (200, {"client_id": "cli_1"})
+    status, payload = _whoami(PORTAL_CLAIMS | {"custom:client_id": ""})  # an empty claim is no claim
+    assert (status, payload["error"]["code"]) == (403, "wrong_role")

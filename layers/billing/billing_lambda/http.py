@@ -148,7 +148,10 @@ def tenant(app: APIGatewayHttpResolver) -> Tenant:
     practice_id = str(claims.get("custom:practice_id") or "")
     if not re.fullmatch(_ID_PATTERN, practice_id) or len(practice_id) > 64:
         raise Forbidden("the token names no practice", code="no_practice")
-    client_id = claims.get("custom:client_id")
+    client_id = claims.get("custom:client_id") or None
+    if client_id is not None and (not re.fullmatch(_ID_PATTERN, str(client_id)) or len(str(client_id)) > 64):
+        # admins set it; a malformed one must not reach a key, a log line or a lookup
+        raise Forbidden("the token names no valid client", code="no_client")
     role = str(claims.get("custom:role") or "")
     return Tenant(practice_id=practice_id, role=role, client_id=client_id, user_id=str(claims.get("sub") or ""))
 
