@@ -6,10 +6,11 @@
   ``IdempotentParameterMismatchException``. moto ignores the token and runs the transaction again, so an SDK
   retry after a lost answer (a read timeout under load) fails its own conditions: the product then saw a
   ``StaleState`` for a write that had landed. `idempotent_transactions` keeps each successful answer by token.
-- **Cost of a transaction.** moto backs a transaction up by deep-copying every table it names, once per item, to put them back
-  if it is cancelled: a transaction's cost grows with the table (about 3 s for five items on a table of
-  20,000), so late in a long test session calls outlast the functions' 5 s read timeout. `kept_items` keeps
-  and puts back only the items the transaction names: the same all or nothing at the cost of its own items.
+- **Cost of a transaction.** moto backs a transaction up by deep-copying every table it names, once per item,
+  to put them back if it is cancelled: a transaction's cost grows with the table (about 3 s for five items on
+  a table of 20,000), so late in a long test session calls outlast the functions' 5 s read timeout.
+  `kept_items` keeps and puts back only the items the transaction names: the same all or nothing at the cost
+  of its own items.
 - **Cost of an answer.** moto writes every answer through a serializer driven by botocore's model, which walks
   each attribute value of each item through every member an ``AttributeValue`` may have: a Query of ten items
   costs ~20 ms, most of a night's time on moto. moto's item operations already hold their answer in DynamoDB's
