@@ -89,7 +89,7 @@ test: $(STAMP) check-test-system lint typecheck validate artifacts
 
 # Not part of `make test`: cold starts, round-trips, the night at scale, documents and API latency, each against
 # a baseline measured in the same run; writes bench/results.md (README "Performance"). BENCH=--quick: small sizes.
-bench: $(STAMP) check-system
+bench: $(STAMP) check-system $(BUILT)
 	$(BIN)/python -m bench $(BENCH)
 
 clean:

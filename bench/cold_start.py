@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +149,63 @@ def _cold_start(target: ImportTarget, runs: list[ImportRun]) -> ColdStart:
         statistics.median(run.cpu_seconds for run in runs),
         statistics.median(run.cpu_seconds / run.baseline_cpu_seconds for run in runs),
     )
+
+
+# Functions whose cold start is also measured from the built layer (one per kind: HTTP API, payments, SQS worker).
+DEPLOYED_FUNCTIONS = ("CalendarApiFunction", "AddPaymentFunction", "AutoPayWorkerFunction")
+BUILD_DIR = REPO_ROOT / ".aws-sam" / "artifacts" / "build"  # `make artifacts`
+
+
+@dataclass(frozen=True)
+class DeployedColdStart:
+    """Median import of one function from the built artifacts: the layer as layers/billing/Makefile builds it
+    (bytecode compiled at build time) and as SAM's python3.12 builder ships it (sources only)."""
+
+    name: str
+    precompiled_seconds: float
+    sources_only_seconds: float
+
+
+def deployed_cold_starts(runs: int = 5, build_dir: Path = BUILD_DIR) -> list[DeployedColdStart]:
+    """Each of `DEPLOYED_FUNCTIONS` imported as Lambda imports it from what ``sam build`` wrote: the function's
+    folder, then the layer's ``python`` folder, nothing else (``-S``: the layer carries boto3 too), and no bytecode
+    written (Lambda's /var/task and /opt are read-only). Interleaved rounds; median wall time of each."""
+    layer = build_dir / "BillingLayer" / "python"
+    if not layer.is_dir():
+        raise RuntimeError(f"{layer} is missing: run `make artifacts` first")
+    template = load_template()
+    resolver = Resolver(template)
+    with tempfile.TemporaryDirectory() as scratch:
+        sources_only = Path(scratch) / "python"
+        shutil.copytree(layer, sources_only, ignore=shutil.ignore_patterns("__pycache__"))
+        samples: dict[tuple[str, bool], list[float]] = {}
+        for _ in range(runs):
+            for name in DEPLOYED_FUNCTIONS:
+                code_dir = build_dir / name
+                module = template.functions[name].handler_module
+                environment = _lambda_environment(code_dir, False) | resolver.function_environment(name)
+                environment |= {"PYTHONDONTWRITEBYTECODE": "1", "AWS_LAMBDA_FUNCTION_NAME": name}
+                for precompiled, layer_dir in ((True, layer), (False, sources_only)):
+                    seconds = _deployed_import(code_dir, layer_dir, module, environment)
+                    samples.setdefault((name, precompiled), []).append(seconds)
+    return [
+        DeployedColdStart(name, statistics.median(samples[(name, True)]), statistics.median(samples[(name, False)]))
+        for name in DEPLOYED_FUNCTIONS
+    ]
+
+
+def _deployed_import(code_dir: Path, layer_dir: Path, module: str, environment: dict[str, str]) -> float:
+    program = (
+        f"import sys, time\nsys.path[:0] = [{str(code_dir)!r}, {str(layer_dir)!r}]\n"
+        f"started = time.perf_counter()\nimport {module}\nprint(time.perf_counter() - started)"
+    )
+    environment = {name: value for name, value in environment.items() if name != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", program], cwd=code_dir, env=environment, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{code_dir.name}: import from the built artifacts failed\n{result.stderr}")
+    return float(result.stdout.split()[-1])
 
 
 def main(arguments: list[str] | None = None) -> None:

@@ -9,7 +9,9 @@ them): Lambda counts a function's code and all its layers together. ``make artif
 Prints a table and exits 1 when a function with its layers, or one artifact, is not below the limit, when an
 artifact was not built and is not named with ``--not-built`` (a resource SAM skipped without anyone deciding so),
 or when ``--not-built`` names something the template lacks. A function that uses an unbuilt layer is checked on
-what was built: its total is a lower bound.
+what was built: its total is a lower bound. It also exits 1 when a built layer holds a Python module without
+unchecked-hash bytecode beside it: Lambda mounts layers read-only, so such a module is compiled again in every
+cold start (layers/billing/Makefile compiles them at build time).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Artifact:
     logical_id: str
     kind: str  # "function" or "layer"
     size: int | None
+    uncompiled: tuple[str, ...] = ()  # a layer's modules without bytecode usable as it ships
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,12 @@ class BuildReport:
             if artifact.size is None and artifact.logical_id not in allowed
         ]
         found += [
+            f"{artifact.logical_id}: {len(artifact.uncompiled)} modules without unchecked-hash bytecode, compiled "
+            f"again in every cold start (e.g. {', '.join(artifact.uncompiled[:3])})"
+            for artifact in self.artifacts
+            if artifact.uncompiled
+        ]
+        found += [
             f"{artifact.logical_id} alone is {_mb(artifact.size)}, not below {_mb(LAMBDA_UNZIPPED_LIMIT)}"
             for artifact in self.artifacts
             if artifact.size is not None and artifact.size >= LAMBDA_UNZIPPED_LIMIT
@@ -104,6 +113,23 @@ def folder_size(folder: Path) -> int:
     )
 
 
+# The flags word of a .pyc (PEP 552): bit 0 hash-based, bit 1 check the source. Unchecked-hash bytecode is used
+# whatever the source's timestamp, which a zip does not keep.
+UNCHECKED_HASH_FLAGS = 0b01
+
+
+def modules_without_bytecode(folder: Path) -> list[str]:
+    """The ``.py`` files under ``folder`` (relative) whose CPython 3.12 bytecode is missing or would be checked
+    against the source's timestamp or hash."""
+    missing = []
+    for source in sorted(folder.rglob("*.py")):
+        compiled = source.parent / "__pycache__" / f"{source.stem}.cpython-312.pyc"
+        header = compiled.read_bytes()[:8] if compiled.is_file() else b""
+        if len(header) < 8 or int.from_bytes(header[4:8], "little") != UNCHECKED_HASH_FLAGS:
+            missing.append(str(source.relative_to(folder)))
+    return missing
+
+
 def read_build(build_dir: Path) -> BuildReport:
     """Measure the functions and layers of the template SAM wrote into ``build_dir``."""
     build_dir = build_dir.resolve()
@@ -121,8 +147,12 @@ def read_build(build_dir: Path) -> BuildReport:
         resource_type = resource.get("Type")
         properties = resource.get("Properties") or {}
         if resource_type in LAYER_CONTENT:
+            folder = _built_folder(build_dir, properties.get(LAYER_CONTENT[resource_type]))
             layers[logical_id] = Artifact(
-                logical_id, "layer", _built_size(build_dir, properties.get(LAYER_CONTENT[resource_type]))
+                logical_id,
+                "layer",
+                None if folder is None else folder_size(folder),
+                () if folder is None else tuple(modules_without_bytecode(folder)),
             )
         elif resource_type in FUNCTION_CODE and _is_zip_function(properties):
             functions[logical_id] = Artifact(
@@ -202,14 +232,17 @@ def _is_zip_function(properties: dict[str, Any]) -> bool:
 
 
 def _built_size(build_dir: Path, location: Any) -> int | None:
+    folder = _built_folder(build_dir, location)
+    return None if folder is None else folder_size(folder)
+
+
+def _built_folder(build_dir: Path, location: Any) -> Path | None:
     # SAM rewrites a built artifact's location to its folder inside the build folder; one it did not build
     # (--exclude) keeps pointing at the source, outside it.
     if not isinstance(location, str):
         return None
     folder = (build_dir / location).resolve()
-    if not folder.is_dir() or not folder.is_relative_to(build_dir):
-        return None
-    return folder_size(folder)
+    return folder if folder.is_dir() and folder.is_relative_to(build_dir) else None
 
 
 def _layer(reference: Any, layers: dict[str, Artifact]) -> Artifact:

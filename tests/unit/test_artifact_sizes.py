@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import py_compile
 from pathlib import Path
 
 import pytest
 
-from local.artifact_sizes import LAMBDA_UNZIPPED_LIMIT, main, read_build
+from local.artifact_sizes import LAMBDA_UNZIPPED_LIMIT, folder_size, main, read_build
 
 LIMIT = LAMBDA_UNZIPPED_LIMIT
 SHARED_LAYER = 100 * 1024 * 1024
@@ -47,18 +48,42 @@ Resources:
 
 
 def fake_build(root: Path, renderer_bytes: int, api_bytes: int = 2048) -> Path:
-    """A build folder whose artifacts hold files of the given sizes (sparse, so nothing is really written)."""
+    """A build folder whose artifacts hold files of the given sizes (sparse, so nothing is really written); the
+    layer's module has its bytecode, as layers/billing/Makefile builds it."""
     build = root / ".aws-sam" / "build"
     for folder, size in {"SharedLayer/python": SHARED_LAYER, "Api": api_bytes, "Renderer": renderer_bytes}.items():
         (build / folder).mkdir(parents=True)
-        # Split in two files in two folders: sizes add up over the whole tree.
+        # Split in files in two folders: sizes add up over the whole tree.
         (build / folder / "app.py").write_bytes(b"x" * 1000)
+        if folder == "SharedLayer/python":
+            compile_layer_module(build / folder / "app.py", py_compile.PycInvalidationMode.UNCHECKED_HASH)
         (build / folder / "lib").mkdir()
         with (build / folder / "lib" / "blob.bin").open("wb") as blob:
-            blob.truncate(size - 1000)
+            blob.truncate(size - folder_size(build / folder))
     (root / "layers" / "native").mkdir(parents=True)  # the excluded layer's source, outside the build
     (build / "template.yaml").write_text(BUILT_TEMPLATE, encoding="utf-8")
     return build
+
+
+def compile_layer_module(source: Path, mode: py_compile.PycInvalidationMode) -> None:
+    py_compile.compile(str(source), doraise=True, invalidation_mode=mode)
+
+
+@pytest.mark.parametrize(
+    "mode", [None, py_compile.PycInvalidationMode.TIMESTAMP, py_compile.PycInvalidationMode.CHECKED_HASH]
+)
+def test_a_layer_module_without_bytecode_usable_as_it_ships_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: py_compile.PycInvalidationMode | None
+) -> None:
+    build = fake_build(tmp_path, renderer_bytes=1024 * 1024)
+    layer = build / "SharedLayer" / "python"
+    (layer / "lib" / "extra.py").write_text("EXTRA = 1\n", encoding="utf-8")
+    if mode is not None:  # timestamps a zip does not keep, or a hash checked against the source every import
+        compile_layer_module(layer / "lib" / "extra.py", mode)
+    uncompiled = {a.logical_id: a.uncompiled for a in read_build(build).artifacts}
+    assert uncompiled["SharedLayer"] == ("python/lib/extra.py",)
+    assert main(["--build-dir", str(build), "--not-built", "NativeLayer"]) == 1
+    assert "SharedLayer: 1 modules without unchecked-hash bytecode" in capsys.readouterr().err
 
 
 def test_a_function_is_measured_with_its_globals_layers_and_its_own(tmp_path: Path) -> None:
