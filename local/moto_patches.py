@@ -20,8 +20,11 @@
 - **Cost of a request.** For every request moto lists its own package folder to recognise the service and walks
   the handler class's members to find the action (~2 ms together). Both answers never change while it runs, so
   `install` keeps them.
+- **Cost of a receive.** For every SQS message it hands out, moto checks its retention by computing all the
+  queue's attributes, message counts included, three times: a ReceiveMessage costs O(messages in the queue) per
+  message, so a night's fan-out of P messages costs O(P²). `retention_of_its_queue` reads the one attribute.
 
-`install` applies the last three to moto in this process; `local.aws.SerialisedMotoServer` applies all four.
+`install` applies all but the first to moto in this process; `local.aws.SerialisedMotoServer` applies all.
 """
 
 from __future__ import annotations
@@ -40,10 +43,12 @@ import moto.backends as moto_backends
 import moto.core.responses as moto_responses
 import moto.dynamodb.models as dynamodb_models
 from moto.core.responses import ActionResult
+from moto.core.utils import unix_time
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.responses import DynamoHandler, DynamoResult
+from moto.sqs.models import Message, SQSBackend
 
 TRANSACT_TARGET = "DynamoDB_20120810.TransactWriteItems"
 TOKEN_WINDOW_SECONDS = 600  # DynamoDB keeps a client token for 10 minutes
@@ -204,18 +209,28 @@ def plain_item_answers(serialized: Callable[..., Any]) -> Callable[..., Any]:
     return serialize
 
 
+# -- cost of a receive --------------------------------------------------------------------------------------------
+
+
+def retention_of_its_queue(backend: SQSBackend, queue_name: str, message: Message) -> bool:
+    """``SQSBackend.is_message_valid_based_on_retention_period``, reading the queue's retention period alone."""
+    retention_seconds = int(backend.get_queue(queue_name).message_retention_period)  # type: ignore[attr-defined]
+    return retention_seconds + message.sent_timestamp / 1000 > unix_time()  # type: ignore[operator]
+
+
 _installing = threading.Lock()
 
 
 def install() -> None:
-    """Make moto's DynamoDB in this process cost what DynamoDB's work costs: a transaction its own items, an
-    answer its JSON (idempotent)."""
+    """Make moto in this process cost what AWS's work costs: a transaction its own items, an answer its JSON, a
+    request no lookups, a received message no count of the queue (idempotent)."""
     with _installing:
         if not getattr(DynamoDBBackend.transact_write_items, "kept_items", False):
             dynamodb_models.copy = _ItemCopies  # type: ignore[assignment]
             DynamoDBBackend.transact_write_items = kept_items(DynamoDBBackend.transact_write_items)  # type: ignore[method-assign]
         if not getattr(DynamoHandler.serialized, "plain_item_answers", False):
             DynamoHandler.serialized = plain_item_answers(DynamoHandler.serialized)  # type: ignore[method-assign]
+        SQSBackend.is_message_valid_based_on_retention_period = retention_of_its_queue  # type: ignore[method-assign,assignment]
         if not hasattr(moto_responses.method_names_from_class, "cache_info"):
             modules = tuple(moto_backends.list_of_moto_modules())
             moto_backends.list_of_moto_modules = lambda: modules

@@ -13,7 +13,9 @@ from typing import Any
 import moto.dynamodb.models as dynamodb_models
 import pytest
 from botocore.exceptions import ClientError
+from moto.core import DEFAULT_ACCOUNT_ID
 from moto.dynamodb.models.table import Table
+from moto.sqs.models import SQSBackend, sqs_backends
 
 from local import moto_patches
 from local.aws import LocalAws
@@ -261,3 +263,18 @@ def test_an_item_answer_written_as_json_is_the_answer_motos_serializer_writes(
             answer.pop("ScannedCount")  # counts the whole table, which grows
         answers.append(json.loads(json.dumps(answer, default=str).replace(partition, "<partition>")))
     assert answers[0] == answers[1]
+
+
+def test_a_message_past_its_queues_retention_is_never_received(local_aws: tuple[LocalAws, Resolver]) -> None:
+    aws = local_aws[0]
+    sqs = aws.client("sqs")
+    assert SQSBackend.is_message_valid_based_on_retention_period is moto_patches.retention_of_its_queue
+    bodies = {}
+    for age in (0, 61):
+        name = f"retention-{uuid.uuid4().hex[:8]}"
+        url = sqs.create_queue(QueueName=name, Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody=f"sent {age} s ago")
+        [message] = sqs_backends[DEFAULT_ACCOUNT_ID][aws.region].get_queue(name)._messages
+        message.sent_timestamp -= age * 1000
+        bodies[age] = [m["Body"] for m in sqs.receive_message(QueueUrl=url).get("Messages", [])]
+    assert bodies == {0: ["sent 0 s ago"], 61: []}
