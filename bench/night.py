@@ -36,9 +36,10 @@ from local.template import Resolver
 from local.tokens import make_token
 
 ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
-# moto answers a request in about 10 ms of one core and a practice's night is about 22 requests, so these sizes
-# keep `make bench` within ten minutes; `--night-sizes 250,500,1000,2000` runs larger ones (about 25 minutes).
-SIZES = (40, 80, 160, 320)
+# moto answers a request in about 4 ms of one core (local/moto_patches.py) and a practice's night is about 22
+# requests, so these sizes keep `make bench` within ten minutes; `--night-sizes 250,500,1000,2000` adds the largest
+# (the night alone then takes about eight minutes).
+SIZES = (250, 500, 1000)
 QUICK_SIZES = (8, 16)
 CLIENTS = 1  # per practice, with a card on file and enrolled in AutoPay
 APPOINTMENTS = 2  # per practice, yesterday, spread over its clients
@@ -364,9 +365,10 @@ is checked to have happened (P x C of each).
   scales on its own, apart from the night's.
 - **AWS stand-in**: moto's server in its own process, serving one request at a time, with its Query read per
   partition and its transactions backed up per item (bench/moto_server.py: as moto ships, both cost O(table), which
-  makes any night quadratic on moto alone). The absolute rates are moto's on this machine (about 10 ms of one core
-  per request, some 22 requests per practice and client, which is why these sizes are smaller than 250 to 2,000:
-  `--night-sizes 250,500,1000,2000` takes about 25 minutes); the shape is the figure. The largest cost per
+  makes any night quadratic on moto alone; local/moto_patches.py removes the other per-request costs that grew
+  with the table or the queue). The absolute rates are moto's on this machine (about 4 ms of one core per request,
+  some 22 requests per practice and client; `--night-sizes 250,500,1000,2000` adds 2,000 practices, about four
+  minutes more); the shape is the figure. The largest cost per
   practice over the smallest size's is, for {spread} (1.00 is exactly linear). Wall time also carries whatever
   else loads this shared machine; the moto server's CPU time per practice (read from /proc) is the AWS side's
   work alone.

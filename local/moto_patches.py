@@ -20,9 +20,10 @@
 - **Cost of a request.** For every request moto lists its own package folder to recognise the service and walks
   the handler class's members to find the action (~2 ms together). Both answers never change while it runs, so
   `install` keeps them.
-- **Cost of a receive.** For every SQS message it hands out, moto checks its retention by computing all the
-  queue's attributes, message counts included, three times: a ReceiveMessage costs O(messages in the queue) per
-  message, so a night's fan-out of P messages costs O(P²). `retention_of_its_queue` reads the one attribute.
+- **Cost of a message.** For every SQS message it takes in or hands out, moto computes all the queue's attributes,
+  its message counts included (a walk over every message in the queue), to read one of them: sending or receiving
+  a message costs O(messages in the queue), so a night's fan-out of P messages costs O(P²). `sent_without_counting`
+  leaves the counts out while a message is sent, `retention_of_its_queue` reads the one attribute it needs.
 
 `install` applies all but the first to moto in this process; `local.aws.SerialisedMotoServer` applies all.
 """
@@ -48,7 +49,7 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.responses import DynamoHandler, DynamoResult
-from moto.sqs.models import Message, SQSBackend
+from moto.sqs.models import Message, Queue, SQSBackend
 
 TRANSACT_TARGET = "DynamoDB_20120810.TransactWriteItems"
 TOKEN_WINDOW_SECONDS = 600  # DynamoDB keeps a client token for 10 minutes
@@ -209,7 +210,42 @@ def plain_item_answers(serialized: Callable[..., Any]) -> Callable[..., Any]:
     return serialize
 
 
-# -- cost of a receive --------------------------------------------------------------------------------------------
+# -- cost of a message --------------------------------------------------------------------------------------------
+
+_MESSAGE_COUNTS = frozenset(
+    {"ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed", "ApproximateNumberOfMessagesNotVisible"}
+)
+_sending = threading.local()
+
+
+def counted_only_when_asked(attributes: property) -> property:
+    """``Queue.attributes`` without the message counts while a message is being sent (nothing sending reads them)."""
+
+    def without_counts_while_sending(queue: Queue) -> dict[str, Any]:
+        if not getattr(_sending, "active", False):
+            return dict(attributes.fget(queue))  # type: ignore[misc]
+        queue.BASE_ATTRIBUTES = [name for name in Queue.BASE_ATTRIBUTES if name not in _MESSAGE_COUNTS]
+        try:
+            return dict(attributes.fget(queue))  # type: ignore[misc]
+        finally:
+            del queue.BASE_ATTRIBUTES
+
+    without_counts_while_sending.counted_only_when_asked = True  # type: ignore[attr-defined]
+    return property(without_counts_while_sending)
+
+
+def sent_without_counting(send: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``SQSBackend.send_message`` so that the queue's attributes it reads leave the message counts out."""
+
+    @wraps(send)
+    def sending(*args: Any, **kwargs: Any) -> Any:
+        _sending.active = True
+        try:
+            return send(*args, **kwargs)
+        finally:
+            _sending.active = False
+
+    return sending
 
 
 def retention_of_its_queue(backend: SQSBackend, queue_name: str, message: Message) -> bool:
@@ -231,6 +267,10 @@ def install() -> None:
         if not getattr(DynamoHandler.serialized, "plain_item_answers", False):
             DynamoHandler.serialized = plain_item_answers(DynamoHandler.serialized)  # type: ignore[method-assign]
         SQSBackend.is_message_valid_based_on_retention_period = retention_of_its_queue  # type: ignore[method-assign,assignment]
+        attributes = Queue.__dict__["attributes"]
+        if not getattr(attributes.fget, "counted_only_when_asked", False):
+            Queue.attributes = counted_only_when_asked(attributes)  # type: ignore[method-assign,assignment]
+            SQSBackend.send_message = sent_without_counting(SQSBackend.send_message)  # type: ignore[method-assign]
         if not hasattr(moto_responses.method_names_from_class, "cache_info"):
             modules = tuple(moto_backends.list_of_moto_modules())
             moto_backends.list_of_moto_modules = lambda: modules

@@ -278,3 +278,22 @@ def test_a_message_past_its_queues_retention_is_never_received(local_aws: tuple[
         message.sent_timestamp -= age * 1000
         bodies[age] = [m["Body"] for m in sqs.receive_message(QueueUrl=url).get("Messages", [])]
     assert bodies == {0: ["sent 0 s ago"], 61: []}
+
+
+def test_sending_leaves_what_the_queue_reports_and_deduplicates_as_it_was(local_aws: tuple[LocalAws, Resolver]) -> None:
+    sqs = local_aws[0].client("sqs")
+    standard = sqs.create_queue(QueueName=f"counts-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    sqs.send_message_batch(QueueUrl=standard, Entries=[{"Id": str(i), "MessageBody": f"m{i}"} for i in range(3)])
+    sqs.send_message(QueueUrl=standard, MessageBody="delayed", DelaySeconds=900)
+    sqs.receive_message(QueueUrl=standard, MaxNumberOfMessages=1, VisibilityTimeout=300)
+    counts = sqs.get_queue_attributes(QueueUrl=standard, AttributeNames=["All"])["Attributes"]
+    visible, in_flight, delayed = (f"ApproximateNumberOfMessages{kind}" for kind in ("", "NotVisible", "Delayed"))
+    assert (counts[visible], counts[in_flight], counts[delayed]) == ("2", "1", "1")
+    fifo = sqs.create_queue(
+        QueueName=f"dedup-{uuid.uuid4().hex[:8]}.fifo",
+        Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"},
+    )["QueueUrl"]
+    for _ in range(2):  # the same body twice: content-based deduplication keeps one
+        sqs.send_message(QueueUrl=fifo, MessageBody="once", MessageGroupId="g")
+    received = sqs.receive_message(QueueUrl=fifo, MaxNumberOfMessages=10).get("Messages", [])
+    assert [m["Body"] for m in received] == ["once"]
