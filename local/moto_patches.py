@@ -83,8 +83,8 @@ def idempotent_transactions(app: WsgiApp, clock: Callable[[], float] = time.mono
         if token is None:
             return app(environ, start_response)
         now = clock()
-        for stale in [t for t, answer in answers.items() if now - answer.at > TOKEN_WINDOW_SECONDS]:
-            del answers[stale]
+        while answers and now - answers[oldest := next(iter(answers))].at > TOKEN_WINDOW_SECONDS:
+            del answers[oldest]  # kept in the order they were answered: the oldest come first
         kept = answers.get(token)
         if kept is not None:
             if kept.parameters != parameters:
