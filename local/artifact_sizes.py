@@ -9,9 +9,11 @@ them): Lambda counts a function's code and all its layers together. ``make artif
 Prints a table and exits 1 when a function with its layers, or one artifact, is not below the limit, when an
 artifact was not built and is not named with ``--not-built`` (a resource SAM skipped without anyone deciding so),
 or when ``--not-built`` names something the template lacks. A function that uses an unbuilt layer is checked on
-what was built: its total is a lower bound. It also exits 1 when a built layer holds a Python module without
-unchecked-hash bytecode beside it: Lambda mounts layers read-only, so such a module is compiled again in every
-cold start (layers/billing/Makefile compiles them at build time).
+what was built: its total is a lower bound. It also exits 1 when a built layer, or a function that ships installed
+packages, holds a Python module without unchecked-hash bytecode beside it: Lambda's /opt and /var/task are
+read-only, so such a module is compiled again in every cold start (layers/billing/Makefile and
+functions/render_invoice/Makefile compile them at build time). A function of our own modules alone is a few
+kilobytes of source and is not held to it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class Artifact:
     logical_id: str
     kind: str  # "function" or "layer"
     size: int | None
-    uncompiled: tuple[str, ...] = ()  # a layer's modules without bytecode usable as it ships
+    uncompiled: tuple[str, ...] = ()  # modules without bytecode usable as it ships (layers, functions with packages)
 
 
 @dataclass(frozen=True)
@@ -155,8 +157,13 @@ def read_build(build_dir: Path) -> BuildReport:
                 () if folder is None else tuple(modules_without_bytecode(folder)),
             )
         elif resource_type in FUNCTION_CODE and _is_zip_function(properties):
+            folder = _built_folder(build_dir, properties.get(FUNCTION_CODE[resource_type]))
+            ships_packages = folder is not None and any(folder.glob("*.dist-info"))
             functions[logical_id] = Artifact(
-                logical_id, "function", _built_size(build_dir, properties.get(FUNCTION_CODE[resource_type]))
+                logical_id,
+                "function",
+                None if folder is None else folder_size(folder),
+                tuple(modules_without_bytecode(folder)) if folder is not None and ships_packages else (),
             )
 
     totals = []
@@ -229,11 +236,6 @@ def main(arguments: Sequence[str] | None = None) -> int:
 def _is_zip_function(properties: dict[str, Any]) -> bool:
     # Images have their own 10 GB limit and inline code has no folder: neither is measured here.
     return properties.get("PackageType", "Zip") == "Zip" and "InlineCode" not in properties
-
-
-def _built_size(build_dir: Path, location: Any) -> int | None:
-    folder = _built_folder(build_dir, location)
-    return None if folder is None else folder_size(folder)
 
 
 def _built_folder(build_dir: Path, location: Any) -> Path | None:

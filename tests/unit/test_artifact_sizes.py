@@ -86,6 +86,19 @@ def test_a_layer_module_without_bytecode_usable_as_it_ships_fails(
     assert "SharedLayer: 1 modules without unchecked-hash bytecode" in capsys.readouterr().err
 
 
+def test_a_function_that_ships_packages_needs_their_bytecode_and_one_of_our_modules_alone_does_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build = fake_build(tmp_path, renderer_bytes=1024 * 1024)  # Api and Renderer: app.py, no bytecode
+    assert main(["--build-dir", str(build), "--not-built", "NativeLayer"]) == 0
+    (build / "Renderer" / "weasy-1.0.dist-info").mkdir()  # now it ships an installed package
+    assert [a.uncompiled for a in read_build(build).artifacts if a.logical_id == "Renderer"] == [("app.py",)]
+    assert main(["--build-dir", str(build), "--not-built", "NativeLayer"]) == 1
+    assert "Renderer: 1 modules without unchecked-hash bytecode" in capsys.readouterr().err
+    compile_layer_module(build / "Renderer" / "app.py", py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    assert main(["--build-dir", str(build), "--not-built", "NativeLayer"]) == 0
+
+
 def test_a_function_is_measured_with_its_globals_layers_and_its_own(tmp_path: Path) -> None:
     report = read_build(fake_build(tmp_path, renderer_bytes=5000))
 
