@@ -47,7 +47,7 @@ from local.functions import (
     InvocationError,
 )
 from local.template import LOCAL_ACCOUNT_ID, HttpRoute, Resolver, Template
-from local.tokens import local_jwt_secret
+from local.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, local_jwt_secret
 
 OPENAPI_TITLE = "Time-of-session billing API"
 JSON_TYPE = "application/json"
@@ -159,8 +159,8 @@ class RouteTable:
 def verify_token(authorization: str | None, secret: str) -> dict[str, Any] | None:
     """The claims of a valid local JWT in an ``Authorization`` header, or None.
 
-    Valid means: HS256 (``none`` and every other algorithm are refused), signed with ``secret``,
-    with an ``exp`` in the future.
+    Valid means: HS256 (``none`` and every other algorithm are refused), signed with ``secret``, with an ``exp``
+    in the future, issued by the local issuer for the local audience (as API Gateway checks the user pool's).
     """
     if not authorization:
         return None
@@ -176,7 +176,9 @@ def verify_token(authorization: str | None, secret: str) -> dict[str, Any] | Non
             token,
             secret,
             algorithms=["HS256"],
-            options={"require": ["exp"], "verify_aud": False, "verify_iss": False},
+            audience=LOCAL_AUDIENCE,
+            issuer=LOCAL_ISSUER,
+            options={"require": ["exp", "iss", "aud"]},
         )
     except jwt.PyJWTError:
         return None

@@ -21,6 +21,12 @@ warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
 ROLES = ("clinician", "client")
 
 
+# Who issues local tokens and for whom. API Gateway's JWT authorizer checks both against the template's user pool
+# (``JwtConfiguration``: issuer and audience); the local server checks them against these.
+LOCAL_ISSUER = "https://cognito-idp.local/billing-local"
+LOCAL_AUDIENCE = "billing-local-app"
+
+
 def local_jwt_secret() -> str:
     """The HS256 secret: ``BILLING_LOCAL_JWT_SECRET``, default ``local-dev-secret``."""
     return os.environ.get("BILLING_LOCAL_JWT_SECRET") or DEFAULT_SECRET
@@ -35,12 +41,14 @@ def make_token(
 ) -> str:
     """An HS256 JWT for ``practice_id`` acting as ``role`` that expires in ``ttl`` seconds.
 
-    Claims: ``sub`` (stable per practice, role and client), ``iat``, ``exp``, ``token_use: id``,
-    ``custom:practice_id``, ``custom:role`` and, when given, ``custom:client_id``.
+    Claims: ``iss`` and ``aud`` (the local ones), ``sub`` (stable per practice, role and client), ``iat``,
+    ``exp``, ``token_use: id``, ``custom:practice_id``, ``custom:role`` and, when given, ``custom:client_id``.
     """
     now = int(time.time())
     identity = f"{practice_id}/{role}/{client_id or ''}"
     claims: dict[str, object] = {
+        "iss": LOCAL_ISSUER,
+        "aud": LOCAL_AUDIENCE,
         "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, f"billing-local:{identity}")),
         "iat": now,
         "exp": now + ttl,

@@ -36,7 +36,7 @@ from local.scheduler import LocalScheduler, drain_queues
 from local.server import JSON_TYPE, LocalServer
 from local.stack import LocalStack
 from local.template import Resolver, load_template
-from local.tokens import DEFAULT_SECRET, make_token
+from local.tokens import DEFAULT_SECRET, LOCAL_AUDIENCE, LOCAL_ISSUER, make_token
 from tests.e2e.conftest import ApiSession
 from tests.e2e.iam_audit import IamAuditLog
 
@@ -79,7 +79,22 @@ def unsigned_token() -> str:
 
 
 def claims(**extra: Any) -> dict[str, Any]:
-    return {"sub": "s", "custom:practice_id": "prac_x", "custom:role": "clinician", **extra}
+    return {
+        "iss": LOCAL_ISSUER,
+        "aud": LOCAL_AUDIENCE,
+        "sub": "s",
+        "custom:practice_id": "prac_x",
+        "custom:role": "clinician",
+        **extra,
+    }
+
+
+def _soon() -> int:
+    return int(time.time()) + 600
+
+
+def _without(values: dict[str, Any], name: str) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if key != name}
 
 
 BAD_AUTHORIZATIONS: dict[str, Callable[[], str | None]] = {
@@ -92,6 +107,10 @@ BAD_AUTHORIZATIONS: dict[str, Callable[[], str | None]] = {
     "alg none": lambda: "Bearer " + unsigned_token(),
     "right secret, HS512": lambda: "Bearer " + jwt.encode(claims(exp=int(time.time()) + 600), DEFAULT_SECRET, "HS512"),
     "no exp": lambda: "Bearer " + jwt.encode(claims(), DEFAULT_SECRET, "HS256"),
+    "another issuer": lambda: "Bearer " + jwt.encode(claims(exp=_soon(), iss="https://evil.example"), DEFAULT_SECRET),
+    "another audience": lambda: "Bearer " + jwt.encode(claims(exp=_soon(), aud="another-app"), DEFAULT_SECRET),
+    "no issuer": lambda: "Bearer " + jwt.encode(_without(claims(exp=_soon()), "iss"), DEFAULT_SECRET),
+    "no audience": lambda: "Bearer " + jwt.encode(_without(claims(exp=_soon()), "aud"), DEFAULT_SECRET),
 }
 
 
