@@ -30,6 +30,7 @@ from bench.measure import progress
 from bench.report import Row, Section, table
 from billing.localtime import local_date
 from billing.nightly import NightlyJob, nightly_run_time
+from billing_aws import keys
 from local.aws import LocalAws, configure_environment, provision, restore_environment
 from local.stack import LocalStack, start_stack
 from local.template import Resolver
@@ -149,14 +150,14 @@ def business_day(zone: str) -> date:
 
 
 def partition_items(aws: LocalAws, table_name: str, practice_id: str) -> list[dict[str, Any]]:
-    """Every item of the practice's partition, as stored."""
+    """Every item of the practice's partition, as stored (read consistently)."""
     pages = (
         aws.client("dynamodb")
         .get_paginator("query")
         .paginate(
             TableName=table_name,
             KeyConditionExpression="PK = :pk",
-            ExpressionAttributeValues={":pk": {"S": f"PRACTICE#{practice_id}"}},
+            ExpressionAttributeValues={":pk": {"S": keys.practice_pk(practice_id)}},
             ConsistentRead=True,
         )
     )

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 
+from bench.night import partition_items
 from billing_lambda.http import MAX_BODY_BYTES
 from local.scheduler import list_schedules
 from local.stack import LocalStack
@@ -53,17 +54,7 @@ def _key() -> dict[str, str]:
 def _written(stack: LocalStack, account: Account) -> dict[str, Any]:
     """Everything a request could have changed: the practice's items, every schedule and stored document,
     and what the GETs of the practice, client, calendar, invoices, payments and portal answer."""
-    table = stack.resolver.physical_name("BillingTable")
-    pages = (
-        stack.aws.client("dynamodb")
-        .get_paginator("query")
-        .paginate(
-            TableName=table,
-            KeyConditionExpression="PK = :pk",
-            ExpressionAttributeValues={":pk": {"S": f"PRACTICE#{account.staff.practice_id}"}},
-            ConsistentRead=True,
-        )
-    )
+    items = partition_items(stack.aws, stack.resolver.physical_name("BillingTable"), account.staff.practice_id)
     bucket = stack.resolver.physical_name("DocumentsBucket")
     objects = stack.aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket)
     schedules = list_schedules(stack.aws.client("scheduler"), stack.server.targets.group_names)
@@ -80,7 +71,7 @@ def _written(stack: LocalStack, account: Account) -> dict[str, Any]:
     ] + [account.portal.get("/portal/invoices"), account.portal.get("/portal/cards")]
     assert all(get.status_code == 200 for get in gets), [get.text for get in gets if get.status_code != 200]
     return {
-        "items": sorted(json.dumps(item, sort_keys=True) for page in pages for item in page["Items"]),
+        "items": sorted(json.dumps(item, sort_keys=True) for item in items),
         "documents": sorted(o["Key"] for page in objects for o in page.get("Contents", [])),
         "schedules": sorted(s["Name"] for s in schedules),
         "answers": [{k: v for k, v in get.json().items() if k != "as_of"} for get in gets],  # as_of: when read
