@@ -1,6 +1,10 @@
 """Payments: cards on file, payments (card through the processor, or recorded), time-of-service
 "Create Invoice & Add Payment", refunds, and a client's payment history."""
 
+from billing_lambda import startup  # first: the cold start's imports run with the GC paused
+
+# isort: split
+
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
@@ -167,3 +171,6 @@ def delete_card(client_id: PathId, card_id: PathId):  # returns a bare Response:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return resolve(app, event, context)
+
+
+startup.ready()

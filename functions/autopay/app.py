@@ -1,6 +1,10 @@
 """AutoPay, entry: fired per time zone by EventBridge Scheduler inside 00:00-06:00 local; one SQS message per
 enrolled client of the zone's practices (found through the sparse AutoPay index, no Scan)."""
 
+from billing_lambda import startup  # first: the cold start's imports run with the GC paused
+
+# isort: split
+
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -35,3 +39,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     logger.info("autopay queued", extra={"timezone": run.timezone, "clients": len(nights)})
     metrics.add_metric(name="AutoPayClientsQueued", unit="Count", value=len(nights))
     return {"timezone": run.timezone, "business_date": day.isoformat(), "clients": len(nights)}
+
+
+startup.ready()

@@ -1,5 +1,9 @@
 """Invoices by hand: create from chosen appointments, read, list a client's, void."""
 
+from billing_lambda import startup  # first: the cold start's imports run with the GC paused
+
+# isort: split
+
 from typing import Annotated, Any
 
 from aws_lambda_powertools.logging import correlation_paths
@@ -85,3 +89,6 @@ def post_void(invoice_id: PathId) -> Invoice:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return resolve(app, event, context)
+
+
+startup.ready()

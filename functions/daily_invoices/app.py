@@ -1,5 +1,9 @@
 """Nightly invoicing, entry: fired per time zone by EventBridge Scheduler; one SQS message per practice."""
 
+from billing_lambda import startup  # first: the cold start's imports run with the GC paused
+
+# isort: split
+
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -23,3 +27,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     logger.info("nightly invoicing queued", extra={"timezone": run.timezone, "practices": len(practices)})
     metrics.add_metric(name="NightlyInvoicingPractices", unit="Count", value=len(practices))
     return {"timezone": run.timezone, "business_date": day.isoformat(), "practices": len(practices)}
+
+
+startup.ready()

@@ -1,5 +1,9 @@
 """Nightly invoicing, worker: one SQS message = one practice's night. Partial batch failures are reported."""
 
+from billing_lambda import startup  # first: the cold start's imports run with the GC paused
+
+# isort: split
+
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -37,3 +41,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     )
     # Lambda reads only batchItemFailures; the summary is for the local scheduler's report.
     return {**response, "summary": dict(_summary)}
+
+
+startup.ready()

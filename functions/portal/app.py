@@ -2,6 +2,10 @@
 
 Every route acts for the client the verified token names (``custom:client_id``); clinician tokens get 403."""
 
+from billing_lambda import startup  # first: the cold start's imports run with the GC paused
+
+# isort: split
+
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
@@ -137,3 +141,6 @@ def put_my_autopay(request: Annotated[AutoPayRequest, AUTOPAY_BODY]) -> AutoPayV
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return resolve(app, event, context)
+
+
+startup.ready()

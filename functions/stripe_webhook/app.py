@@ -1,6 +1,10 @@
 """Stripe webhooks: verify the signature on the raw body, handle each event id once, reconcile with the
 PaymentIntent's current state (so duplicated, late or out-of-order deliveries all end the same way)."""
 
+from billing_lambda import startup  # first: the cold start's imports run with the GC paused
+
+# isort: split
+
 import base64
 from collections.abc import Callable
 from functools import cache
@@ -148,3 +152,6 @@ def post_stripe_event():  # returns a bare Response: it is not a pydantic model
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     _once_per_event.register_lambda_context(context)
     return app.resolve(event, context)
+
+
+startup.ready()

@@ -1,5 +1,7 @@
 """What a cold start costs: importing a handler builds none of our pydantic models, makes no AWS client and loads
 neither the Stripe SDK nor WeasyPrint; each of those is paid for on first use only (a charge, a document rendered).
+Its imports run with the cyclic garbage collector paused, and it leaves the collector running
+(``billing_lambda.startup``).
 
 Handlers are imported in a fresh interpreter, as Lambda does (their folder first on ``sys.path``, then the
 layer), one function after another with each function's own modules dropped in between.
@@ -7,12 +9,14 @@ layer), one function after another with each function's own modules dropped in b
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic_core import to_jsonable_python
 
@@ -26,7 +30,7 @@ DEPLOYED = [LAYER, ROOT / "functions"]
 MADE_AT_IMPORT = {"AddPaymentFunction": ["RefundRequest"]}
 
 _IMPORT_EVERY_HANDLER = """
-import importlib, json, sys
+import gc, importlib, json, sys
 from billing.schema import Model
 from billing_lambda import aws_clients
 
@@ -36,13 +40,14 @@ def built(model=Model):
 
 seen = {}
 for function_id, code_dir, module in json.loads(sys.argv[1]):
-    before = built()
+    before, frozen = built(), gc.get_freeze_count()
     sys.path.insert(0, code_dir)
     importlib.import_module(module)
+    collector = {"enabled": gc.isenabled(), "froze": gc.get_freeze_count() > frozen}
     loaded = [name for name in ("stripe", "weasyprint") if name in sys.modules]
     clients = aws_clients.client.cache_info().currsize
     aws_clients.client.cache_clear()
-    seen[function_id] = {"built": sorted(built() - before), "loaded": loaded, "clients": clients}
+    seen[function_id] = {"built": sorted(built() - before), "loaded": loaded, "clients": clients, "gc": collector}
     sys.path.remove(code_dir)
     own = [name for name, mod in sys.modules.items() if (getattr(mod, "__file__", "") or "").startswith(code_dir)]
     for name in own:
@@ -51,7 +56,7 @@ print(json.dumps(seen))
 """
 
 
-def _handler_imports() -> dict[str, dict[str, list[str]]]:
+def _handler_imports() -> dict[str, dict[str, Any]]:
     template = load_template()
     resolver = Resolver(template)
     handlers, environment = [], {}
@@ -78,6 +83,17 @@ def test_importing_a_handler_builds_no_model_and_loads_no_sdk_it_may_never_use()
         assert cold_start["built"] == MADE_AT_IMPORT.get(function_id, []), function_id
         assert cold_start["loaded"] == [], function_id
         assert cold_start["clients"] == 0, f"{function_id} makes an AWS client at import"
+        assert cold_start["gc"] == {"enabled": True, "froze": True}, f"{function_id} did not call startup.ready()"
+
+
+def test_every_handler_starts_with_the_collector_paused_and_ends_by_resuming_it() -> None:
+    template = load_template()
+    for function_id, spec in template.functions.items():
+        module = ast.parse(spec.code_dir.joinpath(*spec.handler_module.split(".")).with_suffix(".py").read_text())
+        statements = module.body[1:] if ast.get_docstring(module) else module.body
+        first, last = ast.unparse(statements[0]), ast.unparse(statements[-1])
+        assert first == "from billing_lambda import startup", f"{function_id}: {first}"
+        assert last == "startup.ready()", f"{function_id}: {last}"
 
 
 def test_every_model_of_the_deployed_code_is_built_on_first_use() -> None:
