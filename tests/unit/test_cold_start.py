@@ -96,6 +96,31 @@ def test_every_handler_starts_with_the_collector_paused_and_ends_by_resuming_it(
         assert last == "startup.ready()", f"{function_id}: {last}"
 
 
+def test_a_batch_worker_does_not_build_powertools_event_models() -> None:
+    # Powertools' batch utility builds its pydantic models of every event source (~25 ms) when pydantic was
+    # imported before it; our workers read the SQS record as a data class, so they import it first.
+    template = load_template()
+    resolver = Resolver(template)
+    workers = {
+        function_id: spec
+        for function_id, spec in template.functions.items()
+        if "utilities.batch" in spec.code_dir.joinpath(*spec.handler_module.split(".")).with_suffix(".py").read_text()
+    }
+    assert workers, "no function of the template uses Powertools' batch utility"
+    for function_id, spec in workers.items():
+        environment = {
+            **os.environ,
+            **resolver.function_environment(function_id),
+            "PYTHONPATH": os.pathsep.join([str(spec.code_dir), str(LAYER)]),
+        }
+        check = f"import sys, {spec.handler_module}; print('aws_lambda_powertools.utilities.parser' in sys.modules)"
+        result = subprocess.run(
+            [sys.executable, "-c", check], cwd=spec.code_dir, env=environment, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split()[-1] == "False", f"{function_id} builds Powertools' parser models at import"
+
+
 def test_every_model_of_the_deployed_code_is_built_on_first_use() -> None:
     direct = re.compile(r"^class \w+\((pydantic\.)?BaseModel\b", re.MULTILINE)
     offenders = [
