@@ -45,6 +45,18 @@ BASELINE_IMPORTS = (
     "from aws_lambda_powertools.event_handler import APIGatewayHttpResolver"
 )
 BASELINE = "baseline"
+# What any handler of ours loads before its own code runs, imported as a handler imports (the cyclic GC paused, as
+# billing_lambda.startup pauses it): the baseline's `import pydantic` is lazy and loads none of pydantic's model
+# machinery, which every module that declares a model needs; and Powertools' Tracer with botocore patched, which
+# every function needs to trace its AWS calls.
+_PYDANTIC_MODELS = "from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field"
+_TRACER = "from aws_lambda_powertools import Tracer\nTracer(auto_patch=False).patch(['botocore'])"
+FLOORS = {
+    "floor: + pydantic's model machinery": f"import gc\ngc.disable()\n{BASELINE_IMPORTS}\n{_PYDANTIC_MODELS}",
+    "floor: + pydantic's model machinery and the X-Ray tracer": (
+        f"import gc\ngc.disable()\n{BASELINE_IMPORTS}\n{_PYDANTIC_MODELS}\n{_TRACER}"
+    ),
+}
 # The child prints the wall and CPU seconds of the import, so interpreter start-up is left out.
 _TIMED = (
     "import time\n_wall, _cpu = time.perf_counter(), time.process_time()\n{imports}\n"
@@ -85,10 +97,13 @@ class ColdStart:
 
 
 def import_targets(*, outside_lambda: bool = False) -> list[ImportTarget]:
-    """The baseline, then every function of the template with the environment Lambda would give it."""
+    """The baseline and the floors, then every function of the template with the environment Lambda would give
+    it."""
     template = load_template()
     resolver = Resolver(template)
-    targets = [ImportTarget(BASELINE, BASELINE_IMPORTS, LAYER_DIR, _lambda_environment(LAYER_DIR, outside_lambda))]
+    baseline_environment = _lambda_environment(LAYER_DIR, outside_lambda)
+    targets = [ImportTarget(BASELINE, BASELINE_IMPORTS, LAYER_DIR, baseline_environment)]
+    targets += [ImportTarget(name, imports, LAYER_DIR, baseline_environment) for name, imports in FLOORS.items()]
     for function_id, spec in template.functions.items():
         environment = _lambda_environment(spec.code_dir, outside_lambda) | resolver.function_environment(function_id)
         environment["AWS_LAMBDA_FUNCTION_NAME"] = function_id
