@@ -51,11 +51,10 @@ BASELINE = "baseline"
 # every function needs to trace its AWS calls.
 _PYDANTIC_MODELS = "from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field"
 _TRACER = "from aws_lambda_powertools import Tracer\nTracer(auto_patch=False).patch(['botocore'])"
+_MODELS_FLOOR = f"import gc\ngc.disable()\n{BASELINE_IMPORTS}\n{_PYDANTIC_MODELS}"
 FLOORS = {
-    "floor: + pydantic's model machinery": f"import gc\ngc.disable()\n{BASELINE_IMPORTS}\n{_PYDANTIC_MODELS}",
-    "floor: + pydantic's model machinery and the X-Ray tracer": (
-        f"import gc\ngc.disable()\n{BASELINE_IMPORTS}\n{_PYDANTIC_MODELS}\n{_TRACER}"
-    ),
+    "floor: + pydantic's model machinery": _MODELS_FLOOR,
+    "floor: + pydantic's model machinery and the X-Ray tracer": f"{_MODELS_FLOOR}\n{_TRACER}",
 }
 # The child prints the wall and CPU seconds of the import, so interpreter start-up is left out.
 _TIMED = (
